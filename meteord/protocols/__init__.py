@@ -1,0 +1,3 @@
+"""
+Network protocols other than HTTP; today the UDP discovery beacon.
+"""
