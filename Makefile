@@ -1,0 +1,33 @@
+# The two commands: `make run` starts a node on the embedded default, `make test` runs the
+# whole trial suite (SQLite, and PostgreSQL when its server binaries are installed).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := setup.py $(shell find meteord twisted -name '*.py' -o -name '*.toml' -o -name '*.sql')
+TESTS ?= tests
+
+.PHONY: run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+# Installed non-editably (an editable install hides the twistd plugin), then the plugin cache
+# is written once so that twistd does not rescan site-packages at every start.
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install --quiet '.[test]'
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/twistd -n meteord
+
+test: $(VENV)/.installed
+	$(BIN)/python -m twisted.trial $(TESTS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp

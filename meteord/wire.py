@@ -1,0 +1,144 @@
+"""
+JSON encoding and decoding for everything meteord sends or receives.
+
+The published MeteorPi client parses responses with a YAML 1.1 parser, which reads ``1e-05``
+as a string, so floats are written in positional notation and always with a ``.`` (or as an
+integral ``100.0``); the value still parses back to exactly the same float. Decoding is strict:
+UTF-8 only, no ``NaN``/``Infinity``, no number that overflows to infinity, no duplicate keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any, Callable
+
+__all__ = ["InvalidJSON", "decode_json", "encode_json", "format_float"]
+
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+class InvalidJSON(ValueError):
+    """
+    The bytes received are not one strict JSON document (bad UTF-8, bad syntax, a non-finite
+    number or a duplicated key).
+    """
+
+
+def format_float(value: float) -> str:
+    """
+    Write a finite float as YAML-1.1-safe JSON: the shortest digits that round-trip
+    (``repr``), never an exponent, always a ``.``.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"cannot encode non-finite float {value!r} as JSON")
+    text = repr(value)
+    if "e" in text or "E" in text:
+        # Decimal(repr) is exactly the shortest round-tripping decimal, so the positional form
+        # denotes the same number and parses back to the same float.
+        text = format(Decimal(text), "f")
+    if "." not in text:
+        text += ".0"
+    return text
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    """Append the JSON text of value to out."""
+    if isinstance(value, str):
+        out.append(_encode_string(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(format_float(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        first = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, not {type(key).__name__}")
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_encode_string(key))
+            out.append(":")
+            _encode(item, out)
+        out.append("}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def encode_json(value: object) -> bytes:
+    """
+    Encode dicts, lists, tuples, strings, ints, floats, booleans and None as compact UTF-8
+    JSON with YAML-1.1-safe floats. Raises ValueError for NaN or infinity and TypeError for
+    anything else.
+    """
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out).encode("utf-8")
+
+
+def _refuse_constant(name: str) -> None:
+    """Refuse the non-standard NaN, Infinity and -Infinity literals."""
+    raise InvalidJSON(f"Invalid JSON: {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    """Parse a JSON number with a fraction or exponent, refusing ones that overflow."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJSON(f"Invalid JSON: the number {text} is out of range")
+    return value
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build an object, refusing a key that appears twice (which value wins is ambiguous)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidJSON(f"Invalid JSON: duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def decode_json(data: bytes) -> object:
+    """
+    Decode one strict JSON document from UTF-8 bytes; raise InvalidJSON with a clear
+    message for anything else.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_json needs bytes, not {type(data).__name__}")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidJSON(f"Invalid JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_object,
+        )
+    except InvalidJSON:
+        raise
+    except json.JSONDecodeError as e:
+        raise InvalidJSON(f"Invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidJSON("Invalid JSON: nested too deeply") from None
+    except ValueError as e:
+        # e.g. an integer literal longer than Python's int-conversion digit limit
+        raise InvalidJSON(f"Invalid JSON: {e}") from None

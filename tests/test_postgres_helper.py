@@ -1,0 +1,50 @@
+"""
+Tests for the throwaway PostgreSQL cluster used by the storage tests: it starts, hands out
+fresh databases that txpostgres can query, and survives a restart.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from txpostgres import txpostgres
+
+from tests._postgres import postgres_cluster
+
+
+class PostgresHelperTests(TestCase):
+    async def connect(self, url_database: str) -> txpostgres.Connection:
+        cluster = postgres_cluster()
+        connection = txpostgres.Connection(reactor=reactor)
+        await connection.connect(**cluster.connect_kwargs(url_database))
+        self.addCleanup(lambda: connection.close() if not connection.closed else None)
+        return connection
+
+    async def test_txpostgres_runs_a_query(self) -> None:
+        cluster = postgres_cluster()
+        url = cluster.create_database()
+        database = url.split("///", 1)[1].split("?", 1)[0]
+        connection = await self.connect(database)
+        rows = await connection.runQuery("SELECT current_database(), 6 * 7")
+        self.assertEqual(rows, [(database, 42)])
+
+    async def test_each_database_is_new_and_empty(self) -> None:
+        cluster = postgres_cluster()
+        first, second = cluster.create_database(), cluster.create_database()
+        self.assertNotEqual(first, second)
+        connection = await self.connect(second.split("///", 1)[1].split("?", 1)[0])
+        rows = await connection.runQuery(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        self.assertEqual(rows, [(0,)])
+
+    async def test_restart_keeps_data(self) -> None:
+        cluster = postgres_cluster()
+        database = cluster.create_database().split("///", 1)[1].split("?", 1)[0]
+        connection = await self.connect(database)
+        await connection.runOperation("CREATE TABLE t (x integer)")
+        await connection.runOperation("INSERT INTO t VALUES (1)")
+        connection.close()
+        await deferToThread(cluster.restart)
+        again = await self.connect(database)
+        self.assertEqual(await again.runQuery("SELECT x FROM t"), [(1,)])

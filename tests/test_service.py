@@ -1,0 +1,111 @@
+"""
+Tests for the service assembly: the node starts on an ephemeral port under the real reactor,
+answers health over a real socket, tolerates slashes, answers JSON 404/405, and stops cleanly
+(port closed, requests in flight allowed to finish).
+"""
+
+from __future__ import annotations
+
+import json
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial.unittest import TestCase
+
+from meteord import __version__
+from meteord.config import load_config
+from meteord.service import make_service
+
+
+def node_config(data_dir: str, options=None):
+    settings = {("node", "data_dir"): data_dir, ("http", "endpoint"): "tcp:0:interface=127.0.0.1",
+                ("discovery", "enabled"): "false", ("exporter", "enabled"): "false"}
+    settings.update(options or {})
+    return load_config(environ={}, options=settings, ephemeral_ports=True)
+
+
+class ServiceTests(TestCase):
+    async def start_node(self, options=None):
+        node = make_service(node_config(self.mktemp(), options), reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        port = await node.getServiceNamed("http").when_listening()
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        return node
+
+    async def get_json(self, path: str, method: str = "GET"):
+        response = await treq.request(method, self.base + path, persistent=False)
+        body = await response.content()
+        return response, json.loads(body)
+
+    async def test_healthz_over_a_real_socket(self) -> None:
+        await self.start_node()
+        response, body = await self.get_json("/api/healthz")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["application/json; charset=utf-8"])
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual(body["version"], __version__)
+
+    async def test_repeated_and_trailing_slashes_tolerated(self) -> None:
+        await self.start_node()
+        for path in ("/api//healthz", "/api/healthz/", "//api///healthz//"):
+            response, body = await self.get_json(path)
+            self.assertEqual((path, response.code), (path, 200))
+
+    async def test_unknown_route_is_json_404(self) -> None:
+        await self.start_node()
+        response, body = await self.get_json("/api/nothing-here")
+        self.assertEqual((response.code, body), (404, {"message": "Not found"}))
+        response, body = await self.get_json("/elsewhere/healthz")
+        self.assertEqual(response.code, 404)
+
+    async def test_wrong_method_is_json_405(self) -> None:
+        await self.start_node()
+        response, body = await self.get_json("/api/healthz", method="DELETE")
+        self.assertEqual((response.code, body), (405, {"message": "Method not allowed"}))
+        self.assertIn("GET", response.headers.getRawHeaders("allow")[0])
+
+    async def test_configured_prefix(self) -> None:
+        await self.start_node({("http", "prefix"): "/meteor/v1"})
+        response, _ = await self.get_json("/meteor/v1/healthz")
+        self.assertEqual(response.code, 200)
+        response, _ = await self.get_json("/api/healthz")
+        self.assertEqual(response.code, 404)
+
+    async def test_http_none_builds_no_site(self) -> None:
+        node = make_service(node_config(self.mktemp(), {("http", "endpoint"): "none"}), reactor)
+        self.assertEqual([s.name for s in node], [])
+
+    async def test_stop_closes_the_port(self) -> None:
+        node = await self.start_node()
+        await node.stopService()
+        with self.assertRaises(ConnectionRefusedError):
+            await treq.get(self.base + "/api/healthz", persistent=False)
+
+    async def test_stop_lets_a_request_in_flight_finish(self) -> None:
+        node = await self.start_node()
+        site = node.getServiceNamed("http").site
+        release: Deferred[None] = Deferred()
+        ops = site.resource._apis[0]
+
+        started: Deferred[None] = Deferred()
+
+        class Slow:
+            def render(self, request):
+                started.callback(None)
+                release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
+                return 1  # NOT_DONE_YET
+
+        site.resource._apis[0] = (ops[0], Slow())
+        response_d = treq.get(self.base + "/api/healthz", persistent=False)
+        await started
+        stopped = node.stopService()
+        self.assertFalse(stopped.called)
+        release.callback(None)
+        response = await response_d
+        self.assertEqual(response.code, 200)
+        await response.content()
+        await stopped
