@@ -1,0 +1,572 @@
+"""
+The on-disk file store: the bytes behind file records, under ``<root>/<aa>/<bb>/<file_id>``
+(sharded by the first four hex characters of the id), with temporary files in ``<root>/tmp/``.
+
+Every write goes to a temporary file, is hashed (md5 and sha256) as it is written, fsynced,
+renamed into place and its directory fsynced, so a crash leaves either no file or the whole
+file under the final name. Blocking work runs in a thread pool, never on the reactor thread.
+
+Choices where the specification is silent:
+
+- Uploads (``open_upload``) are hashed and written synchronously on the reactor thread through
+  a 256 KiB write buffer, as twisted.web itself does with request bodies. A buffered write only
+  copies into the page cache, so each chunk costs the reactor CPU time in proportion to its
+  size (mostly hashing) and waits on the disk only when the kernel throttles dirty pages, while
+  memory stays bounded without the flow control into the HTTP connection that handing chunks
+  to a thread pool would need. Creating the temporary file happens there too. The calls that
+  do wait on the disk (fsync, rename, directory fsync, unlink, reading a whole file) run in the
+  thread pool.
+- Each temporary file holds an exclusive ``flock`` while it is written, and ``start`` removes
+  only the leftovers it can lock, so a second process sharing the store never loses a file it
+  is still writing.
+- ``commit`` with an id that already has a file discards the upload without checking it and
+  answers with the stored file, re-hashed; ``add_from_path`` with such an id fails with
+  ``FileAlreadyStored`` and leaves the source untouched, since its bytes may differ.
+- ``commit`` always ends the upload: on any failure its temporary file is deleted.
+- ``remove`` does not fsync directories: a removal undone by a crash leaves an orphan, which
+  fsck finds.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from meteord.interfaces import IFileStore
+
+_FILE_ID = re.compile(r"[0-9a-f]{32}")
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_READ_CHUNK = 1024 * 1024
+_UPLOAD_BUFFER = 256 * 1024
+
+RunInThread = Callable[..., Deferred]
+
+
+class FileStoreError(Exception):
+    """
+    Base of the errors raised by the file store.
+    """
+
+
+class InvalidFileId(FileStoreError, ValueError):
+    """
+    A file id is not 32 lowercase hex characters.
+    """
+
+
+class FileNotStored(FileStoreError):
+    """
+    No file is stored under the id asked for.
+    """
+
+
+class FileAlreadyStored(FileStoreError):
+    """
+    A file is already stored under the id given for new bytes.
+    """
+
+
+class UploadClosed(FileStoreError):
+    """
+    The upload was already committed or aborted.
+    """
+
+
+class UploadTooLarge(FileStoreError):
+    """
+    A chunk would take an upload beyond its size limit.
+    """
+
+
+@attrs.define(auto_exc=True)
+class ChecksumMismatch(FileStoreError):
+    """
+    Received bytes do not have the digest announced for them; they were discarded.
+    """
+
+    file_id: str
+    algorithm: str
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.algorithm} of file {self.file_id} is {self.actual}, "
+            f"expected {self.expected}"
+        )
+
+
+@attrs.frozen
+class StoredFile:
+    """
+    A file in the store: its id, its size in bytes, and its md5 and sha256 as lowercase hex.
+    """
+
+    file_id: str
+    size: int
+    md5: str
+    sha256: str
+
+
+def validate_file_id(file_id: object) -> str:
+    """
+    Return C{file_id} if it is 32 lowercase hex characters, so it cannot name anything
+    outside the store; raise L{InvalidFileId} otherwise.
+    """
+    if not isinstance(file_id, str) or _FILE_ID.fullmatch(file_id) is None:
+        raise InvalidFileId(f"not a file id: {file_id!r}")
+    return file_id
+
+
+class _Digests:
+    """
+    The md5, sha256 and size of bytes seen so far.
+    """
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._md5.update(chunk)
+        self._sha256.update(chunk)
+        self.size += len(chunk)
+
+    def stored_file(self, file_id: str) -> StoredFile:
+        return StoredFile(
+            file_id=file_id,
+            size=self.size,
+            md5=self._md5.hexdigest(),
+            sha256=self._sha256.hexdigest(),
+        )
+
+
+def _fsync_dir(path: str) -> None:
+    """
+    Make the entries of a directory (a rename, a new file) durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _hash_open_file(f: BinaryIO, file_id: str) -> StoredFile:
+    digests = _Digests()
+    while chunk := f.read(_READ_CHUNK):
+        digests.update(chunk)
+    return digests.stored_file(file_id)
+
+
+def _hash_path(path: str, file_id: str) -> StoredFile:
+    try:
+        with open(path, "rb") as f:
+            return _hash_open_file(f, file_id)
+    except FileNotFoundError:
+        raise FileNotStored(file_id) from None
+
+
+def _check_digest(file_id: str, algorithm: str, expected: str | None, actual: str) -> None:
+    if expected is not None and expected.lower() != actual:
+        raise ChecksumMismatch(file_id, algorithm, expected, actual)
+
+
+def _as_str(path: str | FilePath) -> str:
+    return path.path if isinstance(path, FilePath) else os.fspath(path)
+
+
+@implementer(IFileStore)
+class FileStore:
+    """
+    Files on disk under C{root}; see the module docstring for the layout and guarantees.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        root: str | FilePath,
+        threads: ThreadPool | RunInThread | None = None,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param threads: where blocking work runs: a L{ThreadPool} (used through C{reactor}),
+            or a callable C{run_in_thread(f, *args) -> Deferred}; by default the reactor's
+            thread pool.
+        @param reactor: the reactor delivering results from a L{ThreadPool}; by default the
+            global one.
+        """
+        self._root = os.path.abspath(_as_str(root))
+        self._tmp = os.path.join(self._root, "tmp")
+        if threads is None or isinstance(threads, ThreadPool):
+            if reactor is None:
+                from twisted.internet import reactor
+            pool = reactor.getThreadPool() if threads is None else threads
+            self._run: RunInThread = lambda f, *a: deferToThreadPool(reactor, pool, f, *a)
+        else:
+            self._run = threads
+
+    @property
+    def root(self) -> FilePath:
+        """
+        The directory holding the store.
+        """
+        return FilePath(self._root)
+
+    def path_for(self, file_id: str) -> FilePath:
+        """
+        The path of C{file_id} in the store; raises L{InvalidFileId} for anything but an id.
+        """
+        return FilePath(self._path(file_id))
+
+    def _path(self, file_id: str) -> str:
+        validate_file_id(file_id)
+        return os.path.join(self._root, file_id[:2], file_id[2:4], file_id)
+
+    def start(self) -> Deferred[int]:
+        """
+        Create the store's directories and remove the temporary files no writer holds.
+        """
+        d = self._run(self._start)
+        d.addCallback(self._log_removed)
+        return d
+
+    def _log_removed(self, removed: int) -> int:
+        if removed:
+            self._log.info(
+                "Removed {count} leftover temporary files from {path}",
+                count=removed,
+                path=self._tmp,
+            )
+        return removed
+
+    def _start(self) -> int:
+        os.makedirs(self._tmp, exist_ok=True)
+        removed = 0
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and self._remove_if_unlocked(entry.path):
+                    removed += 1
+        return removed
+
+    def _remove_if_unlocked(self, path: str) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            _unlink_quietly(path)
+        finally:
+            os.close(fd)
+        return True
+
+    def _create_temporary(self, prefix: str) -> tuple[str, BinaryIO]:
+        """
+        Create and lock a new temporary file, returning its path and a buffered writer on it.
+        """
+        path = os.path.join(self._tmp, f"{prefix}-{secrets.token_hex(8)}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return path, os.fdopen(fd, "wb", buffering=_UPLOAD_BUFFER)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+
+    def _place(self, current_path: str, file_id: str) -> str:
+        """
+        Rename a complete, fsynced file to its final name and make the rename durable.
+        """
+        first = os.path.join(self._root, file_id[:2])
+        second = os.path.join(first, file_id[2:4])
+        for parent, directory in ((self._root, first), (first, second)):
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                pass
+            else:
+                _fsync_dir(parent)
+        final_path = os.path.join(second, file_id)
+        os.rename(current_path, final_path)
+        _fsync_dir(second)
+        return final_path
+
+    def add_from_path(
+        self, source_path: str | FilePath, file_id: str, move: bool = False
+    ) -> Deferred[StoredFile]:
+        """
+        Store a copy of the file at C{source_path} under C{file_id}; with C{move} the source
+        is renamed into place when it is on the store's file system, and removed otherwise.
+        """
+        try:
+            final_path = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        return self._run(self._add, _as_str(source_path), file_id, final_path, move)
+
+    def _add(self, source: str, file_id: str, final_path: str, move: bool) -> StoredFile:
+        if os.path.lexists(final_path):
+            raise FileAlreadyStored(file_id)
+        if move and os.stat(source).st_dev == os.stat(self._tmp).st_dev:
+            try:
+                return self._move(source, file_id)
+            except OSError as e:
+                # Bind mounts share a device number yet refuse renames between them.
+                if e.errno != errno.EXDEV:
+                    raise
+        stored = self._copy(source, file_id)
+        if move:
+            os.unlink(source)
+            _fsync_dir(os.path.dirname(os.path.abspath(source)))
+        return stored
+
+    def _move(self, source: str, file_id: str) -> StoredFile:
+        with open(source, "rb") as f:
+            stored = _hash_open_file(f, file_id)
+            # The writer of the source may not have synced it; it must be durable before the
+            # database row that points at it.
+            os.fsync(f.fileno())
+        self._place(source, file_id)
+        _fsync_dir(os.path.dirname(os.path.abspath(source)))
+        return stored
+
+    def _copy(self, source: str, file_id: str) -> StoredFile:
+        with open(source, "rb") as src:
+            tmp_path, out = self._create_temporary("add")
+            try:
+                with out:
+                    digests = _Digests()
+                    while chunk := src.read(_READ_CHUNK):
+                        digests.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    self._place(tmp_path, file_id)
+            except BaseException:
+                _unlink_quietly(tmp_path)
+                raise
+        return digests.stored_file(file_id)
+
+    def open_upload(self, max_bytes: int | None = None) -> Upload:
+        """
+        Start receiving a file in chunks; see L{Upload}. With C{max_bytes}, a chunk that
+        would take the upload beyond it raises L{UploadTooLarge}.
+        """
+        tmp_path, out = self._create_temporary("upload")
+        return Upload(self, tmp_path, out, max_bytes)
+
+    def _finish_upload(
+        self,
+        out: BinaryIO,
+        tmp_path: str,
+        received: StoredFile,
+        expected_md5: str | None,
+        expected_sha256: str | None,
+    ) -> StoredFile:
+        file_id = received.file_id
+        try:
+            final_path = self._path(file_id)
+            if os.path.lexists(final_path):
+                out.close()
+                _unlink_quietly(tmp_path)
+                return _hash_path(final_path, file_id)
+            _check_digest(file_id, "md5", expected_md5, received.md5)
+            _check_digest(file_id, "sha256", expected_sha256, received.sha256)
+            out.flush()
+            os.fsync(out.fileno())
+            # Kept open until renamed, so its lock keeps start() elsewhere from removing it.
+            self._place(tmp_path, file_id)
+            out.close()
+            return received
+        except BaseException:
+            self._discard(out, tmp_path)
+            raise
+
+    def _discard(self, out: BinaryIO, tmp_path: str) -> None:
+        try:
+            out.close()
+        except OSError:
+            pass
+        _unlink_quietly(tmp_path)
+
+    def remove(self, file_ids: Iterable[str]) -> Deferred[list[str]]:
+        """
+        Remove the files with these ids (once the database no longer points at them).
+        """
+        try:
+            paths = [(file_id, self._path(file_id)) for file_id in file_ids]
+        except InvalidFileId:
+            return fail()
+        return self._run(self._remove, paths)
+
+    def _remove(self, paths: list[tuple[str, str]]) -> list[str]:
+        removed = []
+        for file_id, path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(file_id)
+        return removed
+
+    def exists(self, file_id: str) -> Deferred[bool]:
+        """
+        Whether a file is stored under C{file_id}.
+        """
+        try:
+            path = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        return self._run(os.path.isfile, path)
+
+    def open(self, file_id: str) -> Deferred[BinaryIO]:
+        """
+        Open the file stored under C{file_id} for reading; the caller closes it.
+        """
+        try:
+            path = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        return self._run(self._open_for_reading, path, file_id)
+
+    def _open_for_reading(self, path: str, file_id: str) -> BinaryIO:
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise FileNotStored(file_id) from None
+
+    def rehash(self, file_id: str) -> Deferred[StoredFile]:
+        """
+        Read the file stored under C{file_id} again and return its size and digests.
+        """
+        try:
+            path = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        return self._run(_hash_path, path, file_id)
+
+    def iter_file_ids(self) -> Iterator[str]:
+        """
+        Yield, in order, the id of every file in its right place in the store; this blocks.
+        """
+        for first in self._subdirectories(self._root, _SHARD):
+            for second in self._subdirectories(os.path.join(self._root, first), _SHARD):
+                prefix = first + second
+                directory = os.path.join(self._root, first, second)
+                with os.scandir(directory) as entries:
+                    names = sorted(
+                        entry.name
+                        for entry in entries
+                        if entry.is_file(follow_symlinks=False)
+                        and _FILE_ID.fullmatch(entry.name)
+                        and entry.name.startswith(prefix)
+                    )
+                yield from names
+
+    def _subdirectories(self, directory: str, pattern: re.Pattern[str]) -> list[str]:
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(
+                    entry.name
+                    for entry in entries
+                    if entry.is_dir(follow_symlinks=False) and pattern.fullmatch(entry.name)
+                )
+        except FileNotFoundError:
+            return []
+
+
+class Upload:
+    """
+    A file being received in chunks on the reactor thread: each chunk is hashed and written to
+    a temporary file at once; L{commit} checks the digests and moves the file into place.
+    """
+
+    def __init__(
+        self, store: FileStore, tmp_path: str, out: BinaryIO, max_bytes: int | None
+    ) -> None:
+        self._store = store
+        self._tmp_path = tmp_path
+        self._out = out
+        self._max_bytes = max_bytes
+        self._digests = _Digests()
+        self._active = True
+
+    @property
+    def size(self) -> int:
+        """
+        The number of bytes written so far.
+        """
+        return self._digests.size
+
+    def write(self, chunk: bytes) -> None:
+        """
+        Hash and write one chunk. If this raises, the upload should be aborted.
+        """
+        if not self._active:
+            raise UploadClosed()
+        if self._max_bytes is not None and self.size + len(chunk) > self._max_bytes:
+            raise UploadTooLarge(f"upload exceeds {self._max_bytes} bytes")
+        self._out.write(chunk)
+        self._digests.update(chunk)
+
+    def abort(self) -> Deferred[None]:
+        """
+        Discard the upload and its temporary file; does nothing once the upload has ended.
+        """
+        if not self._active:
+            return succeed(None)
+        self._active = False
+        return self._store._run(self._store._discard, self._out, self._tmp_path)
+
+    def commit(
+        self,
+        file_id: str,
+        expected_md5: str | None = None,
+        expected_sha256: str | None = None,
+    ) -> Deferred[StoredFile]:
+        """
+        Store the received bytes under C{file_id}, after checking any expected digest (hex, in
+        either case). Fails with L{ChecksumMismatch} after discarding bytes that do not match;
+        answers with the stored file, discarding these bytes, if C{file_id} already has one.
+        The upload ends either way.
+        """
+        if not self._active:
+            return fail(UploadClosed())
+        self._active = False
+        return self._store._run(
+            self._store._finish_upload,
+            self._out,
+            self._tmp_path,
+            self._digests.stored_file(file_id),
+            expected_md5,
+            expected_sha256,
+        )
