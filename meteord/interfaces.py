@@ -4,7 +4,7 @@ written against, so that every implementation (and every test double) can be che
 ``verifyObject`` and run through the same test suite.
 """
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IFileStore(Interface):
@@ -82,3 +82,172 @@ class IFileStore(Interface):
 
         This blocks while it reads directories: call it from a thread or a command-line tool.
         """
+
+
+class IMeteorStore(Interface):
+    """
+    Everything a node keeps: files and events, camera statuses and high-water marks, users,
+    export configurations and their tasks, the discovery registry and script runs. Every method
+    returns a Deferred (named ``-> X`` below for what it fires with); nothing blocks the reactor.
+    A missing entity gives ``None`` from ``get_*``; an impossible operation fails with a typed
+    error from ``meteord.errors``; bad arguments fail with ``meteord.model.InvalidEntity``.
+    Entities are the attrs classes of ``meteord.model``; times are aware UTC datetimes.
+    """
+
+    file_store = Attribute("the IFileStore holding the bytes of this store's files")
+
+    def start():
+        """Apply migrations and prepare the file store. -> None"""
+
+    def close():
+        """Close the database pool. -> None"""
+
+    def check():
+        """Whether the database answers a trivial query now. -> bool"""
+
+    # files and events
+
+    def register_file(file_path, mime_type, semantic_type, file_time, file_metas, camera_id=None,
+                      file_name=None):
+        """
+        Move the file at ``file_path`` into the file store (md5 and sha256 computed off the
+        reactor) and record it against the camera status in force at ``file_time``.
+        -> FileRecord. Fails with NoCameraStatus when no status is in force.
+        """
+
+    def register_event(camera_id, event_time, event_type, file_records=(), event_meta=()):
+        """Record an event linking already registered files, in one transaction. -> Event"""
+
+    def get_file(file_id):
+        """-> FileRecord or None"""
+
+    def get_event(event_id):
+        """-> Event or None"""
+
+    def has_file_id(file_id):
+        """-> bool"""
+
+    def has_event_id(event_id):
+        """-> bool"""
+
+    def search_files(search):
+        """FileRecordSearch -> {"count": int, "files": [FileRecord, ...]}"""
+
+    def search_events(search):
+        """EventSearch -> {"count": int, "events": [Event, ...]}"""
+
+    def file_path_for_id(file_id):
+        """The path of a stored file's bytes (not a Deferred). -> FilePath"""
+
+    # cameras
+
+    def update_camera_status(status, time=None, camera_id=None):
+        """
+        Store ``status`` as a new status (new status_id) valid from ``time`` (default now) for
+        ``camera_id`` (default the node's own id), rolling back past the high-water mark first
+        when ``time`` is before it. -> CameraStatus
+        """
+
+    def get_camera_status(time=None, camera_id=None):
+        """The status in force at ``time`` (default now). -> CameraStatus or None"""
+
+    def get_camera_status_by_id(status_id):
+        """-> CameraStatus or None"""
+
+    def has_status_id(status_id):
+        """-> bool"""
+
+    def get_cameras():
+        """Ids of every camera with a status, sorted. -> [str]"""
+
+    def get_high_water_mark(camera_id=None):
+        """-> datetime or None"""
+
+    def set_high_water_mark(time, camera_id=None, allow_rollback=True, allow_advance=True):
+        """Move the mark; moving it back deletes later data and its files (storage.md). -> None"""
+
+    # users
+
+    def create_or_update_user(user_id, password, roles):
+        """
+        Create the user, or change the password (if not None) and roles (if not None).
+        Hashing runs off the reactor thread. -> "create", "update" or "none"
+        """
+
+    def get_user(user_id, password):
+        """-> User. Fails with AuthenticationFailed for unknown users and wrong passwords alike."""
+
+    def get_users():
+        """-> [User] sorted by user_id"""
+
+    def set_user_roles(user_id, roles):
+        """-> User. Fails with EntityNotFound, or LastCameraAdmin."""
+
+    def delete_user(user_id):
+        """-> bool (whether a user was deleted). Fails with LastCameraAdmin."""
+
+    # exports
+
+    def create_or_update_export_configuration(config):
+        """Upsert by config_id; an empty password keeps the stored one. -> ExportConfiguration"""
+
+    def get_export_configuration(config_id):
+        """-> ExportConfiguration or None (with its password, for the exporter)"""
+
+    def get_export_configurations():
+        """-> [ExportConfiguration]"""
+
+    def delete_export_configuration(config_id):
+        """-> bool"""
+
+    def mark_entities_to_export(config):
+        """Queue every new match of the config's search as a pending task. -> int rows added"""
+
+    def claim_export_tasks(config_id, limit, lease_seconds):
+        """
+        Lease up to ``limit`` due pending tasks of a config, oldest first; several processes
+        never get the same task while its lease runs. -> [ExportTask]
+        """
+
+    def complete_export_task(task_id, bytes_sent=0):
+        """Mark a task done and count the bytes sent. -> None"""
+
+    def fail_export_task(task_id, reason):
+        """Mark a task failed with its reason (an entity failure). -> None"""
+
+    def release_export_task(task_id):
+        """Give a leased task back unchanged (transport failure). -> None"""
+
+    def defer_export_tasks(config_id, seconds):
+        """Make every pending task of a config due ``seconds`` from now. -> int"""
+
+    def retry_export_tasks(config_id):
+        """Failed tasks of a config become pending and due now. -> int"""
+
+    def record_export_outcome(config_id, outcome):
+        """Store a config's failure accounting (an ExportOutcome). -> None"""
+
+    def get_export_status(config_id):
+        """-> ExportStatus or None"""
+
+    # import
+
+    def import_camera_status(status, user_id):
+        """Store a status received from another node, if new. -> bool (stored now)"""
+
+    def import_file_record(record, user_id):
+        """Store a file record whose bytes are already in the file store, if new. -> bool"""
+
+    def import_event(event, user_id):
+        """Store an event with its files (linking existing file records), if new. -> bool"""
+
+    # discovery and scripts
+
+    def save_node(node):
+        """Insert or update a discovery registry entry (a dict as in discovery.md). -> None"""
+
+    def load_nodes():
+        """-> [dict]"""
+
+    def clear_database():
+        """Delete everything, the file store's files included. -> None"""

@@ -1,0 +1,280 @@
+"""
+The database drivers under meteord's SQL store. A store operation is written once, as a
+generator that yields `Query` objects and receives each one's `Result`; a driver runs the whole
+generator in one transaction. The SQLite driver runs it synchronously on adbapi's single
+database thread; the PostgreSQL driver runs it on a txpostgres connection, one round trip per
+query. So operations share SQL text and logic, while neither driver blocks the reactor.
+
+SQL is written with ``?`` placeholders and no ``%`` characters other than the modulo
+operator; the PostgreSQL driver rewrites both for psycopg2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from importlib.resources import files
+from typing import Any, Callable, Generator, Sequence, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from meteord.errors import ConstraintViolation, SchemaTooNew, StoreUnavailable
+
+log = Logger()
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Query:
+    """One statement with its bound parameters; ``many`` runs it once per parameter tuple."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    many: bool = False
+
+
+class Result(list):
+    """The rows a statement returned (empty for most writes), plus how many rows it changed."""
+
+    rowcount: int = 0
+
+
+Operation = Generator[Query, Result, T]
+
+
+@attrs.frozen
+class Dialect:
+    """What differs between the two databases, in the few places where it does."""
+
+    name: str
+    skip_locked: str  # appended to SELECT ... FOR UPDATE claims; empty on SQLite
+
+
+SQLITE = Dialect(name="sqlite", skip_locked="")
+POSTGRESQL = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
+
+
+def _postgres_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class SQLiteDatabase:
+    """
+    SQLite through ``twisted.enterprise.adbapi`` with exactly one connection (and so one
+    thread): WAL journal, foreign keys on, a busy timeout for other processes' writers.
+    """
+
+    dialect = SQLITE
+
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        from twisted.enterprise import adbapi
+
+        if reactor is None:
+            from twisted.internet import reactor
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3", path, check_same_thread=False, isolation_level=None,
+            cp_min=1, cp_max=1, cp_openfun=self._configure, cp_reactor=reactor,
+        )
+
+    @staticmethod
+    def _configure(connection: sqlite3.Connection) -> None:
+        for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 10000",
+                       "synchronous = NORMAL"):
+            connection.execute(f"PRAGMA {pragma}")
+
+    def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
+        """Run ``operation(*args)`` in one transaction on the database thread."""
+        d = self._pool.runInteraction(self._drive, operation, args)
+        return d.addErrback(_translate_failure)
+
+    @staticmethod
+    def _drive(transaction: Any, operation: Callable[..., Operation[T]], args: tuple) -> T:
+        transaction.execute("BEGIN")
+        generator = operation(*args)
+        try:
+            query = next(generator)
+            while True:
+                if query.many:
+                    transaction.executemany(query.sql, query.params)
+                else:
+                    transaction.execute(query.sql, query.params)
+                result = Result(transaction.fetchall() if transaction.description else ())
+                result.rowcount = transaction.rowcount
+                query = generator.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _translate_failure(failure: Any) -> Any:
+    """Driver exceptions become meteord's typed errors."""
+    import psycopg2
+
+    if failure.check(sqlite3.IntegrityError, psycopg2.IntegrityError):
+        raise ConstraintViolation(str(failure.value).strip())
+    if failure.check(sqlite3.OperationalError):
+        message = str(failure.value)
+        if "locked" in message or "unable to open" in message or "disk I/O" in message:
+            raise StoreUnavailable(f"database unavailable: {message}")
+    if failure.check(psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise StoreUnavailable(f"database unavailable: {str(failure.value).strip()}")
+    from txpostgres.reconnection import ConnectionDead
+
+    if failure.check(ConnectionDead):
+        raise StoreUnavailable("database unavailable: reconnecting")
+    return failure
+
+
+def postgres_connect_kwargs(url: str) -> dict[str, Any]:
+    """psycopg2 connection keywords for ``postgresql://user:pass@host:port/db?host=/dir``."""
+    parts = urlsplit(url)
+    kwargs: dict[str, Any] = {"dbname": unquote(parts.path.lstrip("/"))}
+    if parts.hostname:
+        kwargs["host"] = unquote(parts.hostname)
+    if parts.port:
+        kwargs["port"] = parts.port
+    if parts.username:
+        kwargs["user"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    for key, values in parse_qs(parts.query).items():
+        kwargs[key] = values[-1]
+    return kwargs
+
+
+class PostgresDatabase:
+    """
+    PostgreSQL through a txpostgres ``ConnectionPool`` whose connections each carry a
+    ``DeadConnectionDetector``, so the pool reconnects by itself after a server restart;
+    operations attempted meanwhile fail with `StoreUnavailable`.
+    """
+
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, pool_size: int, reactor: Any = None) -> None:
+        from txpostgres import reconnection, txpostgres
+
+        if reactor is None:
+            from twisted.internet import reactor
+
+        def reconnection_delays() -> Any:
+            delay = 0.2
+            while True:
+                yield delay
+                delay = min(delay * 2, 5.0)
+
+        class _Pool(txpostgres.ConnectionPool):
+            def connectionFactory(self, pool_reactor: Any, cooperator: Any) -> Any:
+                detector = reconnection.DeadConnectionDetector(
+                    reconnectionIterator=reconnection_delays, reactor=pool_reactor)
+                return txpostgres.Connection(pool_reactor, cooperator, detector=detector)
+
+        _Pool.reactor = reactor
+        self._pool = _Pool(None, min=pool_size, **postgres_connect_kwargs(url))
+
+    def start(self) -> Deferred[None]:
+        """Open every connection of the pool."""
+        d = self._pool.start()
+        d.addCallback(lambda _: None)
+        return d.addErrback(_translate_failure)
+
+    def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
+        """Run ``operation(*args)`` in one transaction on a pooled connection."""
+        d = self._pool.runInteraction(
+            lambda cursor: Deferred.fromCoroutine(self._drive(cursor, operation, args)))
+        return d.addErrback(_translate_failure)
+
+    @staticmethod
+    async def _drive(cursor: Any, operation: Callable[..., Operation[T]], args: tuple) -> T:
+        generator = operation(*args)
+        try:
+            query = next(generator)
+            while True:
+                sql = _postgres_sql(query.sql)
+                if query.many:
+                    # One round trip per parameter tuple: txpostgres has no executemany.
+                    rowcount = 0
+                    for params in query.params:
+                        await cursor.execute(sql, params)
+                        rowcount += max(cursor.rowcount, 0)
+                    result = Result()
+                    result.rowcount = rowcount
+                else:
+                    await cursor.execute(sql, tuple(query.params))
+                    result = Result(cursor.fetchall() if cursor.description else ())
+                    result.rowcount = cursor.rowcount
+                query = generator.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --- migrations
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, str]]:
+    """The numbered schema files of a dialect, in order, as ``(number, sql)``."""
+    directory = files("meteord.store").joinpath("migrations", dialect.name)
+    found = []
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema file at lines ending with ``;`` (no procedural code in our schema)."""
+    statements, current = [], []
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    if "".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
+
+
+def migrate(dialect: Dialect) -> Operation[int]:
+    """
+    Bring the schema up to date in one transaction and return its version. On PostgreSQL an
+    advisory lock makes concurrent starts of several processes wait for one another.
+    """
+    if dialect is POSTGRESQL:
+        yield Query("SELECT pg_advisory_xact_lock(7170616)")
+    yield Query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    rows = yield Query("SELECT max(version) FROM schema_version")
+    current = rows[0][0] or 0
+    known = migrations(dialect)
+    newest = known[-1][0] if known else 0
+    if current > newest:
+        raise SchemaTooNew(
+            f"the database schema is version {current}, newer than this meteord "
+            f"understands ({newest}); upgrade meteord"
+        )
+    for number, script in known:
+        if number <= current:
+            continue
+        for statement in _statements(script):
+            yield Query(statement)
+        yield Query("INSERT INTO schema_version (version) VALUES (?)", (number,))
+        log.info("database schema migrated to version {version}", version=number)
+        current = number
+    return current

@@ -1,0 +1,110 @@
+"""
+`SQLStore`, meteord's one implementation of IMeteorStore, over either database driver of
+``_sql``. The operations themselves live in mixins by subject (``_records``: files, events,
+statuses, searches, imports; ``_accounts``: users, exports, nodes); this module holds what they
+share: the driver, the file store, the clock, the thread pool for hashing, and opening.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from zope.interface import implementer
+
+from meteord.interfaces import IMeteorStore
+from meteord.model import ms_to_datetime
+from meteord.store._accounts import AccountOperations
+from meteord.store._records import RecordOperations
+from meteord.store._sql import Operation, PostgresDatabase, Query, SQLiteDatabase, migrate
+from meteord.store.files import FileStore
+
+T = TypeVar("T")
+
+
+@implementer(IMeteorStore)
+class SQLStore(RecordOperations, AccountOperations):
+    """
+    The store: ``database`` is a `SQLiteDatabase` or `PostgresDatabase`; ``default_camera_id``
+    is this installation's id, used where a camera id is omitted.
+    """
+
+    def __init__(self, database: Any, file_store: FileStore, default_camera_id: str,
+                 reactor: Any) -> None:
+        self.database = database
+        self.dialect = database.dialect
+        self.file_store = file_store
+        self.default_camera_id = default_camera_id
+        self.clock: IReactorTime = reactor
+        self._reactor = reactor
+
+    def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
+        """Run one transaction (a generator operation) on the database."""
+        return self.database.run(operation, *args)
+
+    def in_thread(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run CPU-heavy work (password hashing) on the reactor's thread pool."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def now(self) -> datetime:
+        """The clock's time as an aware UTC datetime with millisecond precision."""
+        return ms_to_datetime(self.now_ms())
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    async def _start(self) -> None:
+        if isinstance(self.database, PostgresDatabase):
+            await self.database.start()
+        await self.run(migrate, self.dialect)
+        await self.file_store.start()
+
+    def start(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    def close(self) -> Deferred[None]:
+        self.database.close()
+        return Deferred.fromCoroutine(_nothing())
+
+    async def _check(self) -> bool:
+        try:
+            rows = await self.run(_select_one)
+        except Exception:
+            return False
+        return rows == 1
+
+    def check(self) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._check())
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _select_one() -> Operation[int]:
+    rows = yield Query("SELECT 1")
+    return rows[0][0]
+
+
+def open_store(url: str, files_path: str, *, default_camera_id: str = "000000000000",
+               pool_size: int = 4, reactor: Any = None) -> Deferred[SQLStore]:
+    """
+    Open the store named by a database URL (``sqlite:///path`` or ``postgresql://...``) with its
+    file store at ``files_path``: connect, migrate, clean the file store's temporary files.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if url.startswith("sqlite:///"):
+        # As in SQLAlchemy: sqlite:///relative/path, sqlite:////absolute/path.
+        database: Any = SQLiteDatabase(url[len("sqlite:///"):], reactor)
+    elif url.startswith(("postgresql:", "postgres:")):
+        database = PostgresDatabase(url, pool_size, reactor)
+    else:
+        raise ValueError(f"unsupported database URL {url!r}")
+    store = SQLStore(database, FileStore(files_path, reactor=reactor), default_camera_id, reactor)
+    d = store.start()
+    return d.addCallback(lambda _: store)
+

@@ -1,0 +1,70 @@
+"""
+Tests of the store's SQL foundation on both databases: migrations create the schema once and
+refuse a newer database, transactions roll back as a whole, driver errors come out typed.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+
+from meteord.errors import ConstraintViolation, SchemaTooNew
+from meteord.store._sql import Query, migrate, migrations
+from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
+
+
+def _version():
+    rows = yield Query("SELECT max(version) FROM schema_version")
+    return rows[0][0]
+
+
+def _set_version(version):
+    yield Query("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+def _insert_two_marks_failing():
+    yield Query("INSERT INTO high_water_marks (camera_id, mark) VALUES (?, ?)", ("cam", 1))
+    yield Query("INSERT INTO high_water_marks (camera_id, mark) VALUES (?, ?)", ("cam", 2))
+
+
+def _count_marks():
+    rows = yield Query("SELECT count(*) FROM high_water_marks")
+    return rows[0][0]
+
+
+def _modulo():
+    rows = yield Query("SELECT (? - 7) % 5", (20,))
+    return rows[0][0]
+
+
+class SQLFoundationTests:
+    async def test_schema_is_at_newest_version(self) -> None:
+        newest = migrations(self.store.dialect)[-1][0]
+        self.assertEqual(await self.store.run(_version), newest)
+
+    async def test_migrating_again_changes_nothing(self) -> None:
+        version = await self.store.run(migrate, self.store.dialect)
+        self.assertEqual(version, await self.store.run(_version))
+
+    async def test_newer_database_refused(self) -> None:
+        await self.store.run(_set_version, 9999)
+        with self.assertRaises(SchemaTooNew):
+            await self.store.run(migrate, self.store.dialect)
+
+    async def test_failed_transaction_rolls_back_whole(self) -> None:
+        with self.assertRaises(ConstraintViolation):
+            await self.store.run(_insert_two_marks_failing)
+        self.assertEqual(await self.store.run(_count_marks), 0)
+
+    async def test_modulo_operator_survives_placeholder_rewriting(self) -> None:
+        self.assertEqual(await self.store.run(_modulo), 3)
+
+    async def test_check_answers(self) -> None:
+        self.assertTrue(await self.store.check())
+
+
+class SQLiteFoundationTests(SQLiteStoreMixin, SQLFoundationTests, TestCase):
+    pass
+
+
+class PostgresFoundationTests(PostgresStoreMixin, SQLFoundationTests, TestCase):
+    pass
