@@ -47,6 +47,7 @@ setup(
     entry_points={
         "console_scripts": [
             "meteord-config = meteord.config:main",
+            "meteord-admin = meteord.admin:main",
         ],
     },
     classifiers=[

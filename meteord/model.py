@@ -57,6 +57,9 @@ __all__ = [
     "Event",
     "EventSearch",
     "ExportConfiguration",
+    "ExportOutcome",
+    "ExportStatus",
+    "ExportTask",
     "FileRecord",
     "FileRecordSearch",
     "InvalidEntity",
@@ -1412,3 +1415,115 @@ def _read_windows(d: Mapping[str, Any]) -> tuple[TimeWindow, ...]:
     if not items:
         raise InvalidEntity("window", "must not be empty (omit it to allow every hour)")
     return tuple(TimeWindow.parse(item, f"window[{i}]") for i, item in enumerate(items))
+
+
+# Export bookkeeping
+
+
+@attrs.frozen(kw_only=True)
+class ExportTask:
+    """
+    One queued export of one entity under one export configuration, as claimed by the
+    exporter: ``attempts`` counts the claims so far, this one included.
+    """
+
+    task_id: int = attrs.field(validator=_int_in(1, _INT64_MAX))
+    config_id: str = attrs.field(validator=_valid_id)
+    kind: str = attrs.field(validator=_one_of("event", "file"))
+    entity: Union[Event, FileRecord] = attrs.field()
+    attempts: int = attrs.field(validator=_int_in(0, _INT64_MAX))
+
+    def __attrs_post_init__(self) -> None:
+        expected = Event if self.kind == "event" else FileRecord
+        if type(self.entity) is not expected:
+            raise InvalidEntity("entity", f"a {self.kind} task needs a {expected.__name__}")
+
+    @property
+    def entity_id(self) -> str:
+        """The public id of the entity (event_id or file_id), for logs."""
+        if isinstance(self.entity, Event):
+            return self.entity.event_id
+        return self.entity.file_id
+
+
+@attrs.frozen(kw_only=True)
+class ExportOutcome:
+    """
+    The failure accounting of an export configuration as the exporter stores it after a
+    round trip (see ``meteord.exporter.policy.FailureAccount``). ``last_error`` and
+    ``last_success`` of None leave the stored values as they are: they record the most recent
+    error and success ever seen, not the current state.
+    """
+
+    consecutive_failures: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    deferred_until: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("deferred_until", optional=True)
+    )
+    enabled: bool = attrs.field(default=True, validator=_is_bool)
+    disabled_reason: Optional[str] = attrs.field(default=None, validator=_optional(_text()))
+    last_error: Optional[str] = attrs.field(default=None, validator=_optional(_text()))
+    last_success: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("last_success", optional=True)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ExportStatus:
+    """
+    What an operator sees of one export configuration: task counts by state, the oldest
+    pending task's queueing time, the failure accounting and the bytes sent so far.
+    ``next_attempt`` is the earliest due time of a pending task; ``deferred_until`` (kept for
+    the exporter, not part of the wire form) is the stored back-off.
+    """
+
+    config_id: str = attrs.field(validator=_valid_id)
+    enabled: bool = attrs.field(validator=_is_bool)
+    pending: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    done: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    failed: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    oldest_pending: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("oldest_pending", optional=True)
+    )
+    consecutive_failures: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    last_success: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("last_success", optional=True)
+    )
+    last_error: Optional[str] = attrs.field(default=None, validator=_optional(_text()))
+    next_attempt: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("next_attempt", optional=True)
+    )
+    bytes_sent: int = attrs.field(default=0, validator=_int_in(0, _INT64_MAX))
+    disabled_reason: Optional[str] = attrs.field(default=None, validator=_optional(_text()))
+    deferred_until: Optional[datetime] = attrs.field(
+        default=None, converter=_time_converter("deferred_until", optional=True)
+    )
+
+    def outcome(self) -> ExportOutcome:
+        """The stored failure accounting, for the exporter to update and store again."""
+        return ExportOutcome(
+            consecutive_failures=self.consecutive_failures,
+            deferred_until=self.deferred_until,
+            enabled=self.enabled,
+            disabled_reason=self.disabled_reason,
+            last_error=self.last_error,
+            last_success=self.last_success,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form of ``GET /export/{config_id}/status``; unknown values are omitted."""
+        return _omit_none(
+            {
+                "config_id": self.config_id,
+                "enabled": self.enabled,
+                "pending": self.pending,
+                "done": self.done,
+                "failed": self.failed,
+                "oldest_pending_ms": _ms_or_none(self.oldest_pending),
+                "consecutive_failures": self.consecutive_failures,
+                "last_success": _ms_or_none(self.last_success),
+                "last_error": self.last_error,
+                "next_attempt": _ms_or_none(self.next_attempt),
+                "bytes_sent": self.bytes_sent,
+                "disabled_reason": self.disabled_reason,
+            }
+        )

@@ -24,6 +24,8 @@ from meteord.store.files import FileStore
 
 T = TypeVar("T")
 
+CHECK_TIMEOUT_SECONDS = 5.0
+
 
 @implementer(IMeteorStore)
 class SQLStore(RecordOperations, AccountOperations):
@@ -71,7 +73,7 @@ class SQLStore(RecordOperations, AccountOperations):
 
     async def _check(self) -> bool:
         try:
-            rows = await self.run(_select_one)
+            rows = await self.run(_select_one).addTimeout(CHECK_TIMEOUT_SECONDS, self.clock)
         except Exception:
             return False
         return rows == 1
@@ -89,22 +91,27 @@ def _select_one() -> Operation[int]:
     return rows[0][0]
 
 
-def open_store(url: str, files_path: str, *, default_camera_id: str = "000000000000",
-               pool_size: int = 4, reactor: Any = None) -> Deferred[SQLStore]:
+def build_store(url: str, files_path: str, *, default_camera_id: str = "000000000000",
+                pool_size: int = 4, reactor: Any = None) -> SQLStore:
     """
-    Open the store named by a database URL (``sqlite:///path`` or ``postgresql://...``) with its
-    file store at ``files_path``: connect, migrate, clean the file store's temporary files.
+    The store named by a database URL (``sqlite:///relative/path``, ``sqlite:////absolute/path``
+    or ``postgresql://...``) with its file store at ``files_path``, not yet started: nothing is
+    connected or migrated until ``start()``.
     """
     if reactor is None:
         from twisted.internet import reactor
     if url.startswith("sqlite:///"):
-        # As in SQLAlchemy: sqlite:///relative/path, sqlite:////absolute/path.
         database: Any = SQLiteDatabase(url[len("sqlite:///"):], reactor)
     elif url.startswith(("postgresql:", "postgres:")):
         database = PostgresDatabase(url, pool_size, reactor)
     else:
         raise ValueError(f"unsupported database URL {url!r}")
-    store = SQLStore(database, FileStore(files_path, reactor=reactor), default_camera_id, reactor)
-    d = store.start()
-    return d.addCallback(lambda _: store)
+    return SQLStore(database, FileStore(files_path, reactor=reactor), default_camera_id, reactor)
 
+
+def open_store(url: str, files_path: str, *, default_camera_id: str = "000000000000",
+               pool_size: int = 4, reactor: Any = None) -> Deferred[SQLStore]:
+    """`build_store`, then start it: connect, migrate, clean the file store's temporary files."""
+    store = build_store(url, files_path, default_camera_id=default_camera_id,
+                        pool_size=pool_size, reactor=reactor)
+    return store.start().addCallback(lambda _: store)

@@ -1,0 +1,565 @@
+"""
+Tests of the accounts half of the store on both databases: users and passwords, the initial
+admin, export configurations, export tasks from marking to completion, the export status, and
+the discovery registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import attrs
+from argon2 import PasswordHasher
+from twisted.internet.defer import DeferredList
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from meteord.errors import AuthenticationFailed, EntityNotFound, LastCameraAdmin
+from meteord.model import (
+    EventSearch,
+    ExportConfiguration,
+    ExportOutcome,
+    ExportStatus,
+    FileRecordSearch,
+    InvalidEntity,
+    User,
+    new_id,
+)
+from meteord.store import _passwords
+from meteord.store._sql import Query
+from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
+
+NOW_MS = 1_700_000_000_000
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _export_config(config_id: str, **changes) -> ExportConfiguration:
+    values = dict(
+        config_id=config_id,
+        type="event",
+        target_url="https://hub.example/api/import",
+        user_id="camera1",
+        password="remote secret",
+        search=EventSearch(camera_ids=("0123456789ab",), limit=5, skip=2),
+        config_name="to the hub",
+        config_description="every event of camera 0123456789ab",
+        enabled=True,
+    )
+    values.update(changes)
+    return ExportConfiguration(**values)
+
+
+def _stored_hash(user_id):
+    rows = yield Query("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
+    return rows[0][0]
+
+
+def _set_hash(user_id, password_hash):
+    yield Query("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
+
+
+def _count_tasks():
+    rows = yield Query("SELECT count(*) FROM export_tasks")
+    return rows[0][0]
+
+
+class UserTests:
+    async def test_create_then_verify(self) -> None:
+        self.assertEqual(
+            await self.store.create_or_update_user("alice", "pw one", ["user", "import"]),
+            "create")
+        user = await self.store.get_user("alice", "pw one")
+        self.assertEqual(user, User(user_id="alice", roles={"user", "import"}))
+
+    async def test_new_user_roles_default_to_user(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", None)
+        self.assertEqual(await self.store.get_users(), [User(user_id="alice", roles={"user"})])
+
+    async def test_new_user_needs_a_password(self) -> None:
+        with self.assertRaises(InvalidEntity) as caught:
+            await self.store.create_or_update_user("alice", None, ["user"])
+        self.assertEqual(caught.exception.key, "password")
+        self.assertEqual(await self.store.get_users(), [])
+
+    async def test_unknown_role_refused(self) -> None:
+        with self.assertRaises(InvalidEntity):
+            await self.store.create_or_update_user("alice", "pw", ["user", "root"])
+        self.assertEqual(await self.store.get_users(), [])
+
+    async def test_password_change_is_an_update(self) -> None:
+        await self.store.create_or_update_user("alice", "old", ["user"])
+        self.assertEqual(await self.store.create_or_update_user("alice", "new", None), "update")
+        self.assertEqual((await self.store.get_user("alice", "new")).roles, {"user"})
+        with self.assertRaises(AuthenticationFailed):
+            await self.store.get_user("alice", "old")
+
+    async def test_role_change_is_an_update(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        self.assertEqual(
+            await self.store.create_or_update_user("alice", None, ["user", "camera_admin"]),
+            "update")
+        self.assertEqual((await self.store.get_user("alice", "pw")).role_mask, 3)
+
+    async def test_no_change_is_none(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        before = await self.store.run(_stored_hash, "alice")
+        self.assertEqual(await self.store.create_or_update_user("alice", "pw", ["user"]), "none")
+        self.assertEqual(await self.store.create_or_update_user("alice", None, None), "none")
+        self.assertEqual(await self.store.run(_stored_hash, "alice"), before)
+
+    async def test_wrong_password_and_unknown_user_fail_alike(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        with self.assertRaises(AuthenticationFailed) as wrong:
+            await self.store.get_user("alice", "not pw")
+        with self.assertRaises(AuthenticationFailed) as unknown:
+            await self.store.get_user("bob", "pw")
+        self.assertEqual(str(wrong.exception), str(unknown.exception))
+
+    async def test_password_is_stored_hashed(self) -> None:
+        await self.store.create_or_update_user("alice", "plain text", ["user"])
+        stored = await self.store.run(_stored_hash, "alice")
+        self.assertNotIn("plain text", stored)
+        self.assertTrue(stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$"))
+
+    async def test_hashing_and_verifying_run_off_the_reactor_thread(self) -> None:
+        threads = []
+        real_hash, real_verify = _passwords.hash_password, _passwords.verify_password
+
+        def hash_password(password):
+            threads.append(threading.get_ident())
+            return real_hash(password)
+
+        def verify_password(password_hash, password):
+            threads.append(threading.get_ident())
+            return real_verify(password_hash, password)
+
+        self.patch(_passwords, "hash_password", hash_password)
+        self.patch(_passwords, "verify_password", verify_password)
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        await self.store.get_user("alice", "pw")
+        with self.assertRaises(AuthenticationFailed):
+            await self.store.get_user("nobody", "pw")
+        self.assertEqual(len(threads), 3)
+        self.assertNotIn(threading.get_ident(), threads)
+
+    async def test_old_hash_parameters_replaced_on_login(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("pw")
+        await self.store.run(_set_hash, "alice", weak)
+        await self.store.get_user("alice", "pw")
+        stored = await self.store.run(_stored_hash, "alice")
+        self.assertNotEqual(stored, weak)
+        self.assertFalse(_passwords.needs_rehash(stored))
+        self.assertEqual((await self.store.get_user("alice", "pw")).user_id, "alice")
+
+    async def test_users_listed_by_id(self) -> None:
+        for user_id in ("carol", "alice", "bob"):
+            await self.store.create_or_update_user(user_id, "pw", ["user"])
+        self.assertEqual([u.user_id for u in await self.store.get_users()],
+                         ["alice", "bob", "carol"])
+
+    async def test_set_user_roles(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        user = await self.store.set_user_roles("alice", ["import"])
+        self.assertEqual(user, User(user_id="alice", roles={"import"}))
+        self.assertEqual(await self.store.get_users(), [user])
+
+    async def test_set_roles_of_unknown_user(self) -> None:
+        with self.assertRaises(EntityNotFound):
+            await self.store.set_user_roles("nobody", ["user"])
+
+    async def test_delete_user(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        self.assertTrue(await self.store.delete_user("alice"))
+        self.assertFalse(await self.store.delete_user("alice"))
+        self.assertEqual(await self.store.get_users(), [])
+        with self.assertRaises(AuthenticationFailed):
+            await self.store.get_user("alice", "pw")
+
+    async def test_last_camera_admin_is_kept(self) -> None:
+        await self.store.create_or_update_user("root", "pw", ["user", "camera_admin"])
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        with self.assertRaises(LastCameraAdmin):
+            await self.store.delete_user("root")
+        with self.assertRaises(LastCameraAdmin):
+            await self.store.set_user_roles("root", ["user"])
+        with self.assertRaises(LastCameraAdmin):
+            await self.store.create_or_update_user("root", None, ["user"])
+        self.assertEqual((await self.store.get_user("root", "pw")).role_mask, 3)
+
+    async def test_an_admin_may_go_while_another_remains(self) -> None:
+        await self.store.create_or_update_user("root", "pw", ["camera_admin"])
+        await self.store.create_or_update_user("root2", "pw", ["camera_admin"])
+        self.assertTrue(await self.store.delete_user("root"))
+        self.assertEqual([u.user_id for u in await self.store.get_users()], ["root2"])
+
+    async def test_initial_admin_created_once(self) -> None:
+        password = await self.store.ensure_initial_admin()
+        self.assertIsInstance(password, str)
+        self.assertGreaterEqual(len(password), 20)
+        user = await self.store.get_user("admin", password)
+        self.assertEqual(user.roles, {"user", "camera_admin", "import"})
+        self.assertIsNone(await self.store.ensure_initial_admin())
+        self.assertEqual(await self.store.get_users(), [user])
+
+    async def test_no_initial_admin_when_users_exist(self) -> None:
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        self.assertIsNone(await self.store.ensure_initial_admin())
+        self.assertEqual([u.user_id for u in await self.store.get_users()], ["alice"])
+
+
+class ExportConfigurationTests:
+    async def test_round_trip(self) -> None:
+        config = _export_config(
+            new_id(), window=("22:00-06:00", "12:00-13:00"), max_bytes_per_second=65536,
+            priority=-3, enabled=False)
+        self.assertEqual(await self.store.create_or_update_export_configuration(config), config)
+        self.assertEqual(await self.store.get_export_configuration(config.config_id), config)
+        self.assertEqual(await self.store.get_export_configurations(), [config])
+
+    async def test_file_configuration_round_trip(self) -> None:
+        config = _export_config(
+            new_id(), type="file",
+            search=FileRecordSearch(semantic_type="meteorpi:bezier", limit=0, after=_at(NOW_MS)))
+        await self.store.create_or_update_export_configuration(config)
+        self.assertEqual(await self.store.get_export_configuration(config.config_id), config)
+
+    async def test_empty_password_keeps_the_stored_one(self) -> None:
+        config = _export_config(new_id(), password="first")
+        await self.store.create_or_update_export_configuration(config)
+        renamed = _export_config(config.config_id, password="", config_name="renamed")
+        stored = await self.store.create_or_update_export_configuration(renamed)
+        self.assertEqual(stored.password, "first")
+        self.assertEqual(stored.config_name, "renamed")
+        fetched = await self.store.get_export_configuration(config.config_id)
+        self.assertEqual(fetched, _export_config(config.config_id, password="first",
+                                                 config_name="renamed"))
+        await self.store.create_or_update_export_configuration(
+            _export_config(config.config_id, password="second"))
+        self.assertEqual(
+            (await self.store.get_export_configuration(config.config_id)).password, "second")
+
+    async def test_listed_by_id(self) -> None:
+        ids = sorted(new_id() for _ in range(3))
+        for config_id in reversed(ids):
+            await self.store.create_or_update_export_configuration(_export_config(config_id))
+        self.assertEqual([c.config_id for c in await self.store.get_export_configurations()], ids)
+
+    async def test_unknown_configuration(self) -> None:
+        self.assertIsNone(await self.store.get_export_configuration(new_id()))
+        self.assertIsNone(await self.store.get_export_status(new_id()))
+        self.assertFalse(await self.store.delete_export_configuration(new_id()))
+        for call in (self.store.defer_export_tasks(new_id(), 10),
+                     self.store.retry_export_tasks(new_id()),
+                     self.store.record_export_outcome(new_id(), ExportOutcome()),
+                     self.store.claim_export_tasks(new_id(), 10, 60)):
+            with self.assertRaises(EntityNotFound):
+                await call
+
+    async def test_outcome_is_stored(self) -> None:
+        config = _export_config(new_id())
+        await self.store.create_or_update_export_configuration(config)
+        await self.store.record_export_outcome(config.config_id, ExportOutcome(
+            consecutive_failures=4, deferred_until=_at(NOW_MS + 1_800_000), enabled=False,
+            disabled_reason="4 consecutive transport failures", last_error="timeout"))
+        status = await self.store.get_export_status(config.config_id)
+        self.assertEqual(status.outcome(), ExportOutcome(
+            consecutive_failures=4, deferred_until=_at(NOW_MS + 1_800_000), enabled=False,
+            disabled_reason="4 consecutive transport failures", last_error="timeout"))
+        self.assertFalse((await self.store.get_export_configuration(config.config_id)).enabled)
+        # None keeps the most recent error; re-enabling resets the accounting.
+        await self.store.record_export_outcome(
+            config.config_id, ExportOutcome(consecutive_failures=4, enabled=False,
+                                            disabled_reason="4 consecutive transport failures"))
+        self.assertEqual((await self.store.get_export_status(config.config_id)).last_error,
+                         "timeout")
+        await self.store.create_or_update_export_configuration(config)
+        status = await self.store.get_export_status(config.config_id)
+        self.assertEqual(status.to_dict(), {
+            "config_id": config.config_id, "enabled": True, "pending": 0, "done": 0,
+            "failed": 0, "consecutive_failures": 0, "last_error": "timeout", "bytes_sent": 0})
+
+
+CAMERA_A, CAMERA_B = "0123456789ab", "ba9876543210"
+
+
+def _insert_event(event_id, camera_id, event_time):
+    yield Query(
+        "INSERT INTO events (event_id, camera_id, event_time, event_type, status_id) "
+        "VALUES (?, ?, ?, ?, ?)", (event_id, camera_id, event_time, "meteorpi:meteor", new_id()))
+
+
+def _insert_file(file_id, camera_id, file_time, event_id=None):
+    yield Query(
+        "INSERT INTO files (file_id, camera_id, status_id, mime_type, semantic_type, file_time, "
+        "file_size, md5) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (file_id, camera_id, new_id(), "image/png", "meteorpi:image", file_time, 3, "0" * 32))
+    if event_id is not None:
+        yield Query(
+            "INSERT INTO event_files (event_pk, position, file_pk) SELECT e.id, 0, f.id "
+            "FROM events e, files f WHERE e.event_id = ? AND f.file_id = ?", (event_id, file_id))
+
+
+def _delete_event(event_id):
+    yield Query("DELETE FROM events WHERE event_id = ?", (event_id,))
+
+
+class ExportTaskTests:
+    """Export task tests on a fake clock; listed before the store mixin, whose setUp it extends."""
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.clock = Clock()
+        self.clock.advance(NOW_MS / 1000)
+        self.store.clock = self.clock
+        self.config = _export_config(new_id())
+        await self.store.create_or_update_export_configuration(self.config)
+
+    async def add_events(self, *times: int, camera_id: str = CAMERA_A) -> list[str]:
+        """Store one event per time (ms after NOW_MS); give their ids in that order."""
+        ids = []
+        for offset in times:
+            ids.append(new_id())
+            await self.store.run(_insert_event, ids[-1], camera_id, NOW_MS - 100_000 + offset)
+        return ids
+
+    async def claim(self, limit: int = 10, lease_seconds: float = 60) -> list:
+        return await self.store.claim_export_tasks(self.config.config_id, limit, lease_seconds)
+
+    async def status(self) -> dict:
+        return (await self.store.get_export_status(self.config.config_id)).to_dict()
+
+    async def test_marking_is_idempotent(self) -> None:
+        await self.add_events(3, 1, 2)
+        await self.add_events(4, camera_id=CAMERA_B)
+        self.assertEqual(await self.store.mark_entities_to_export(self.config), 3)
+        self.assertEqual(await self.store.mark_entities_to_export(self.config), 0)
+        self.assertEqual(await self.store.run(_count_tasks), 3)
+        await self.add_events(5)
+        self.assertEqual(await self.store.mark_entities_to_export(self.config), 1)
+        self.assertEqual(await self.store.run(_count_tasks), 4)
+
+    async def test_tasks_of_one_config_do_not_hide_entities_from_another(self) -> None:
+        await self.add_events(1, 2)
+        other = _export_config(new_id())
+        await self.store.create_or_update_export_configuration(other)
+        self.assertEqual(await self.store.mark_entities_to_export(self.config), 2)
+        self.assertEqual(await self.store.mark_entities_to_export(other), 2)
+
+    async def test_file_exports_take_stand_alone_files_only(self) -> None:
+        config = _export_config(new_id(), type="file", search=FileRecordSearch())
+        await self.store.create_or_update_export_configuration(config)
+        (event_id,) = await self.add_events(1)
+        alone, linked = new_id(), new_id()
+        await self.store.run(_insert_file, alone, CAMERA_A, NOW_MS - 5000)
+        await self.store.run(_insert_file, linked, CAMERA_A, NOW_MS - 4000, event_id)
+        self.assertEqual(await self.store.mark_entities_to_export(config), 1)
+        tasks = await self.store.claim_export_tasks(config.config_id, 10, 60)
+        self.assertEqual([(t.kind, t.entity_id) for t in tasks], [("file", alone)])
+        self.assertEqual(tasks[0].entity, await self.store.get_file(alone))
+
+    async def test_claims_oldest_first_with_entities(self) -> None:
+        newest, oldest, middle = await self.add_events(3, 1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        tasks = await self.claim(limit=2)
+        self.assertEqual([t.entity_id for t in tasks], [oldest, middle])
+        self.assertEqual([(t.kind, t.config_id, t.attempts) for t in tasks],
+                         [("event", self.config.config_id, 1)] * 2)
+        self.assertEqual(tasks[0].entity, await self.store.get_event(oldest))
+        self.assertEqual([t.entity_id for t in await self.claim()], [newest])
+
+    async def test_lease_hides_claimed_tasks_until_it_expires(self) -> None:
+        (event_id,) = await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim(lease_seconds=60)
+        self.assertEqual(await self.claim(), [])
+        self.clock.advance(59.999)
+        self.assertEqual(await self.claim(), [])
+        self.clock.advance(0.001)
+        (again,) = await self.claim()
+        self.assertEqual((again.task_id, again.entity_id, again.attempts),
+                         (task.task_id, event_id, 2))
+
+    async def test_complete(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        first, second = await self.claim()
+        self.clock.advance(5)
+        await self.store.complete_export_task(first.task_id, 1000)
+        await self.store.complete_export_task(second.task_id, 24)
+        self.clock.advance(3600)
+        self.assertEqual(await self.claim(), [])
+        self.assertEqual(await self.status(), {
+            "config_id": self.config.config_id, "enabled": True, "pending": 0, "done": 2,
+            "failed": 0, "consecutive_failures": 0, "last_success": NOW_MS + 5000,
+            "bytes_sent": 1024})
+
+    async def test_fail_then_retry(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        first, second = await self.claim()
+        await self.store.fail_export_task(first.task_id, "importer answered failed")
+        await self.store.release_export_task(second.task_id)
+        self.clock.advance(10)
+        self.assertEqual([t.task_id for t in await self.claim()], [second.task_id])
+        self.assertEqual(await self.status(), {
+            "config_id": self.config.config_id, "enabled": True, "pending": 1, "done": 0,
+            "failed": 1, "oldest_pending_ms": NOW_MS, "consecutive_failures": 0,
+            "last_error": "importer answered failed", "next_attempt": NOW_MS, "bytes_sent": 0})
+        self.assertEqual(await self.store.retry_export_tasks(self.config.config_id), 1)
+        self.assertEqual(await self.store.retry_export_tasks(self.config.config_id), 0)
+        (retried,) = await self.claim()
+        self.assertEqual((retried.task_id, retried.attempts), (first.task_id, 2))
+
+    async def test_release_makes_a_task_claimable_at_once(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim(lease_seconds=600)
+        await self.store.release_export_task(task.task_id)
+        (again,) = await self.claim()
+        self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
+
+    async def test_defer(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        self.assertEqual(await self.store.defer_export_tasks(self.config.config_id, 1800), 2)
+        self.assertEqual(await self.claim(), [])
+        self.assertEqual((await self.status())["next_attempt"], NOW_MS + 1_800_000)
+        self.clock.advance(1799.999)
+        self.assertEqual(await self.claim(), [])
+        self.clock.advance(0.001)
+        self.assertEqual(len(await self.claim()), 2)
+
+    async def test_reenabling_makes_deferred_tasks_due(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        await self.store.defer_export_tasks(self.config.config_id, 1800)
+        await self.store.record_export_outcome(self.config.config_id, ExportOutcome(
+            consecutive_failures=4, deferred_until=_at(NOW_MS + 1_800_000), enabled=False,
+            disabled_reason="down", last_error="refused"))
+        await self.store.create_or_update_export_configuration(self.config)
+        self.assertEqual(len(await self.claim()), 1)
+        status = await self.store.get_export_status(self.config.config_id)
+        self.assertEqual((status.consecutive_failures, status.deferred_until,
+                          status.disabled_reason), (0, None, None))
+
+    async def test_task_of_deleted_entity_is_dropped(self) -> None:
+        gone, kept = await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        await self.store.run(_delete_event, gone)
+        self.assertEqual([t.entity_id for t in await self.claim()], [kept])
+        self.assertEqual(await self.store.run(_count_tasks), 1)
+
+    async def test_negative_bytes_refused(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim()
+        with self.assertRaises(ValueError):
+            await self.store.complete_export_task(task.task_id, -1)
+        self.assertEqual((await self.status())["pending"], 1)
+
+    async def test_unknown_task(self) -> None:
+        for call in (self.store.complete_export_task(404, 1),
+                     self.store.fail_export_task(404, "no"),
+                     self.store.release_export_task(404)):
+            with self.assertRaises(EntityNotFound):
+                await call
+
+    async def test_status_of_a_new_configuration(self) -> None:
+        status = await self.store.get_export_status(self.config.config_id)
+        self.assertEqual(status, ExportStatus(config_id=self.config.config_id, enabled=True))
+        self.assertEqual(status.to_dict(), {
+            "config_id": self.config.config_id, "enabled": True, "pending": 0, "done": 0,
+            "failed": 0, "consecutive_failures": 0, "bytes_sent": 0})
+
+    async def test_deleting_a_configuration_deletes_its_tasks(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        self.assertTrue(await self.store.delete_export_configuration(self.config.config_id))
+        self.assertEqual(await self.store.run(_count_tasks), 0)
+        self.assertIsNone(await self.store.get_export_configuration(self.config.config_id))
+
+    async def test_changing_the_type_drops_tasks_of_the_other_kind(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        await self.store.create_or_update_export_configuration(
+            attrs.evolve(self.config, type="file", search=FileRecordSearch()))
+        self.assertEqual(await self.store.run(_count_tasks), 0)
+
+    async def test_concurrent_claimers_never_share_a_task(self) -> None:
+        store = await self.open_store(pool_size=4)
+        store.clock = self.clock
+        await self.add_events(*range(1, 21))
+        await store.mark_entities_to_export(self.config)
+        results = await DeferredList(
+            [store.claim_export_tasks(self.config.config_id, 5, 60) for _ in range(4)],
+            fireOnOneErrback=True, consumeErrors=True)
+        claimed = [[t.task_id for t in tasks] for _, tasks in results]
+        self.assertEqual([len(ids) for ids in claimed], [5, 5, 5, 5])
+        self.assertEqual(len({task_id for ids in claimed for task_id in ids}), 20)
+
+
+class NodeTests:
+    def _node(self, node_id: str, **changes) -> dict:
+        node = {"node_id": node_id, "name": "roof camera", "roles": ["camera", "hub"],
+                "address": "192.168.1.20", "http_port": 8080, "scheme": "http",
+                "version": "0.1.0", "first_seen": NOW_MS, "last_seen": NOW_MS + 5000,
+                "interval": 10.0, "status": "online"}
+        node.update(changes)
+        return node
+
+    async def test_round_trip_and_update(self) -> None:
+        first, second = self._node("bbbbbbbbbbbb"), self._node("aaaaaaaaaaaa", roles=[])
+        await self.store.save_node(first)
+        await self.store.save_node(second)
+        self.assertEqual(await self.store.load_nodes(), [second, first])
+        moved = self._node("bbbbbbbbbbbb", address="192.168.1.21", last_seen=NOW_MS + 9000,
+                           interval=2.5, status="offline")
+        await self.store.save_node(moved)
+        loaded = await self.store.load_nodes()
+        self.assertEqual(loaded, [second, moved])
+        self.assertIs(type(loaded[1]["interval"]), float)
+        self.assertIs(type(loaded[1]["http_port"]), int)
+
+    async def test_missing_key_refused(self) -> None:
+        node = self._node("aaaaaaaaaaaa")
+        del node["scheme"]
+        with self.assertRaises(InvalidEntity) as caught:
+            await self.store.save_node(node)
+        self.assertEqual(caught.exception.key, "scheme")
+
+
+class SQLiteUserTests(SQLiteStoreMixin, UserTests, TestCase):
+    pass
+
+
+class PostgresUserTests(PostgresStoreMixin, UserTests, TestCase):
+    pass
+
+
+class SQLiteExportConfigurationTests(SQLiteStoreMixin, ExportConfigurationTests, TestCase):
+    pass
+
+
+class PostgresExportConfigurationTests(PostgresStoreMixin, ExportConfigurationTests, TestCase):
+    pass
+
+
+class SQLiteNodeTests(SQLiteStoreMixin, NodeTests, TestCase):
+    pass
+
+
+class PostgresNodeTests(PostgresStoreMixin, NodeTests, TestCase):
+    pass
+
+
+class SQLiteExportTaskTests(ExportTaskTests, SQLiteStoreMixin, TestCase):
+    pass
+
+
+class PostgresExportTaskTests(ExportTaskTests, PostgresStoreMixin, TestCase):
+    pass
