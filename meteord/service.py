@@ -7,10 +7,10 @@ are enabled). It is the one entry point for twistd and for programs embedding me
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -18,6 +18,7 @@ from twisted.web.server import Request, Site
 
 from meteord import __version__
 from meteord.config import Config, mask_url
+from meteord.web._request import StreamingRequest
 from meteord.web.ops import OperationsAPI
 from meteord.web.root import APIRoot
 
@@ -26,8 +27,11 @@ log = Logger()
 HTTP_STOP_GRACE_SECONDS = 10.0
 
 
-class _TrackedRequest(Request):
-    """A request that registers itself with its site while it is being answered."""
+class _TrackedRequest(StreamingRequest):
+    """
+    A request that registers itself with its site while it is being answered (and streams
+    upload bodies to the site's body receivers).
+    """
 
     def process(self) -> None:
         in_flight = self.channel.site.in_flight
@@ -55,37 +59,52 @@ class HTTPService(Service):
     def __init__(
         self, endpoint: IStreamServerEndpoint, site: MeteordSite, clock: IReactorTime,
         grace: float = HTTP_STOP_GRACE_SECONDS,
+        wait_for: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
+        self._wait_for = wait_for
         self._endpoint = endpoint
         self.site = site
         self._clock = clock
         self._grace = grace
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
+        self._listen_failure: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self._listening = self._endpoint.listen(self.site)
+        if self._wait_for is None:
+            self._listening = self._endpoint.listen(self.site)
+        else:
+            self._listening = self._wait_for().addCallback(
+                lambda _: self._endpoint.listen(self.site))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             return port
 
         self._listening.addCallback(listening)
-        self._listening.addErrback(
-            lambda f: log.failure("HTTP could not listen", f) or f
-        )
+        self._listening.addErrback(self._not_listening)
+
+    def _not_listening(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("HTTP could not listen", failure)
+        self._listen_failure = failure
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """The listening port, once it is bound (fails if binding failed)."""
         if self.port is not None:
             return succeed(self.port)
+        if self._listen_failure is not None:
+            return fail(self._listen_failure)
         d: Deferred[IListeningPort] = Deferred()
         assert self._listening is not None, "service not started"
-        self._listening.addBoth(lambda result: d.callback(result) or result)
+        self._listening.addBoth(lambda _: d.callback(self.port) if self.port is not None
+                                else d.errback(self._listen_failure))
         return d
 
     async def _stop(self) -> None:
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
@@ -105,6 +124,31 @@ class HTTPService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
+
+
+class StartAfter(MultiService):
+    """
+    Children that need something first (the store, above all): they start once ``wait_for()``
+    fires, and never if the node stops before that.
+    """
+
+    def __init__(self, wait_for: Callable[[], Deferred[Any]]) -> None:
+        super().__init__()
+        self._wait_for = wait_for
+        self._waiting: Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._waiting = self._wait_for()
+        self._waiting.addCallback(lambda _: [child.startService() for child in self])
+        self._waiting.addErrback(lambda f: None if f.check(CancelledError) else f)
+
+    def stopService(self) -> Deferred[Any]:
+        if self._waiting is not None and not self._waiting.called:
+            self._waiting.cancel()
+            Service.stopService(self)
+            return succeed(None)
+        return super().stopService()
 
 
 class MeteordNode(MultiService):
@@ -132,10 +176,58 @@ class MeteordNode(MultiService):
         super().startService()
 
 
-def build_site(config: Config) -> MeteordSite:
-    """The HTTP site with the APIs that ``[http] apis`` names, under ``[http] prefix``."""
-    apis: list[Any] = [OperationsAPI()]
-    return MeteordSite(APIRoot(config.http.prefix, apis))
+def build_site(config: Config, store: Any, reactor: Any,
+               nodes: Callable[[], Deferred[list[dict[str, Any]]]] | None = None) -> MeteordSite:
+    """
+    The HTTP site with the APIs that ``[http] apis`` names, under ``[http] prefix``; one
+    authenticator serves them all, so a user changed through the admin API is forgotten
+    everywhere at once.
+    """
+    from meteord.web.auth import Authenticator
+
+    authenticator = Authenticator(store, reactor)
+    apis: list[Any] = []
+    receivers = []
+    if "query" in config.http.apis:
+        from meteord.web.query import QueryAPI
+
+        apis.append(QueryAPI(store, authenticator, public=config.http.public_query, nodes=nodes))
+    if "admin" in config.http.apis:
+        from meteord.web.admin import AdminAPI
+
+        apis.append(AdminAPI(store, authenticator, reactor))
+    if "import" in config.http.apis:
+        from meteord.web.importer import ImportAPI
+
+        importer = ImportAPI(store, authenticator, max_upload_bytes=config.files.max_upload_bytes)
+        apis.append(importer)
+        receivers.append(importer.body_receiver(config.http.prefix))
+    ops = OperationsAPI(store_check=store.check, documented=apis, prefix=config.http.prefix)
+    site = MeteordSite(APIRoot(config.http.prefix, [ops, *apis]))
+    site.body_receivers = receivers
+    return site
+
+
+def _registry_nodes(discovery: Any) -> Callable[[], Deferred[list[dict[str, Any]]]]:
+    """The live registry of this node's discovery service."""
+
+    def nodes() -> Deferred[list[dict[str, Any]]]:
+        return succeed(discovery.nodes())
+
+    return nodes
+
+
+def _stored_nodes(store: Any, clock: Any) -> Callable[[], Deferred[list[dict[str, Any]]]]:
+    """The registry as last saved, for a node that does not run discovery itself."""
+
+    def nodes() -> Deferred[list[dict[str, Any]]]:
+        from meteord.protocols.registry import record_from_stored
+
+        now_ms = int(clock.seconds() * 1000)
+        return store.load_nodes().addCallback(
+            lambda stored: [record_from_stored(n).to_json(now_ms) for n in stored])
+
+    return nodes
 
 
 def make_service(config: Config, reactor: Any = None) -> MeteordNode:
@@ -145,9 +237,62 @@ def make_service(config: Config, reactor: Any = None) -> MeteordNode:
     """
     if reactor is None:
         from twisted.internet import reactor
+    from meteord.store.service import StoreService
+    from meteord.store.sql import build_store
+
     node = MeteordNode(config)
+    store = build_store(config.database.url, config.files.path, default_camera_id=config.node.id,
+                        pool_size=config.database.pool_size, reactor=reactor)
+    store_service = StoreService(store, config.node.data_dir, reactor)
+    store_service.setServiceParent(node)
+    nodes = _stored_nodes(store, reactor)
+    http_port = _announced_port(config, reactor)
+    if config.discovery.enabled and http_port is None:
+        log.warn("discovery left out: HTTP is off or on an ephemeral port, nothing to announce")
+    elif config.discovery.enabled:
+        discovery = _make_discovery(config, store, http_port, reactor)
+        nodes = _registry_nodes(discovery)
+        after_store = StartAfter(store_service.when_ready)
+        after_store.setName("discovery")
+        discovery.setServiceParent(after_store)
+        after_store.setServiceParent(node)
     if config.http.endpoint != "none":
-        http = HTTPService(serverFromString(reactor, config.http.endpoint), build_site(config), reactor)
+        http = HTTPService(serverFromString(reactor, config.http.endpoint),
+                           build_site(config, store, reactor, nodes), reactor,
+                           wait_for=store_service.when_ready)
         http.setName("http")
         http.setServiceParent(node)
     return node
+
+
+def node_roles(config: Config) -> list[str]:
+    """
+    What this node offers, as discovery announces it: its mounted APIs, ``hub`` when it
+    imports, ``camera`` when it exports.
+    """
+    roles = list(config.http.apis) if config.http.endpoint != "none" else []
+    if "import" in roles:
+        roles.append("hub")
+    if config.exporter.enabled:
+        roles.append("camera")
+    return roles
+
+
+def _announced_port(config: Config, reactor: Any) -> int | None:
+    """The TCP port of the HTTP endpoint, or None when there is none to announce."""
+    if config.http.endpoint == "none":
+        return None
+    return getattr(serverFromString(reactor, config.http.endpoint), "_port", None) or None
+
+
+def _make_discovery(config: Config, store: Any, http_port: int, reactor: Any) -> Service:
+    from meteord.protocols.discovery import DiscoveryService
+
+    return DiscoveryService(
+        reactor=reactor, node_id=config.node.id, name=config.node.name,
+        roles=node_roles(config), http_port=http_port,
+        scheme="https" if config.http.endpoint.startswith("ssl:") else "http",
+        port=config.discovery.port, interval=config.discovery.interval,
+        targets=config.discovery.targets, secret=config.discovery.secret or None,
+        max_nodes=config.discovery.max_nodes, store=store,
+    )

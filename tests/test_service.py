@@ -7,15 +7,20 @@ answers health over a real socket, tolerates slashes, answers JSON 404/405, and 
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 
 from meteord import __version__
 from meteord.config import load_config
+from meteord.errors import StoreUnavailable
 from meteord.service import make_service
 
 
@@ -77,7 +82,7 @@ class ServiceTests(TestCase):
 
     async def test_http_none_builds_no_site(self) -> None:
         node = make_service(node_config(self.mktemp(), {("http", "endpoint"): "none"}), reactor)
-        self.assertEqual([s.name for s in node], [])
+        self.assertEqual([s.name for s in node], ["store"])
 
     async def test_stop_closes_the_port(self) -> None:
         node = await self.start_node()
@@ -109,3 +114,59 @@ class ServiceTests(TestCase):
         self.assertEqual(response.code, 200)
         await response.content()
         await stopped
+
+    async def test_first_start_creates_admin_with_password_file(self) -> None:
+        data_dir = self.mktemp()
+        node = make_service(node_config(data_dir), reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        store = await node.getServiceNamed("store").when_ready()
+        path = os.path.join(data_dir, "initial-admin-password")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            password = f.read().strip()
+        user = await store.get_user("admin", password)
+        self.assertEqual(user.roles, frozenset({"user", "camera_admin", "import"}))
+
+    async def test_second_start_keeps_the_admin(self) -> None:
+        data_dir = self.mktemp()
+        for _ in range(2):
+            node = make_service(node_config(data_dir), reactor)
+            node.startService()
+            store = await node.getServiceNamed("store").when_ready()
+            users = await store.get_users()
+            await node.stopService()
+        self.assertEqual([u.user_id for u in users], ["admin"])
+
+    async def test_healthz_reports_the_store(self) -> None:
+        node = await self.start_node()
+        response, body = await self.get_json("/api/healthz")
+        self.assertEqual(body["store"], "ok")
+        store = node.getServiceNamed("store").store
+        self.patch(store, "run", lambda *args: fail(StoreUnavailable("database unavailable")))
+        response, body = await self.get_json("/api/healthz")
+        self.assertEqual((response.code, body["status"], body["store"]), (503, "unavailable", "unavailable"))
+
+
+class ComponentTests(TestCase):
+    def test_components_present_when_enabled(self) -> None:
+        config = node_config(self.mktemp(), {("http", "endpoint"): "tcp:18099:interface=127.0.0.1",
+                                             ("discovery", "enabled"): "true"})
+        node = make_service(config, reactor)
+        self.assertEqual([s.name for s in node], ["store", "discovery", "http"])
+
+    def test_disabled_components_are_not_imported(self) -> None:
+        data_dir = self.mktemp()
+        script = (
+            "import sys\n"
+            "from twisted.internet import reactor\n"
+            "from meteord.config import load_config\n"
+            "from meteord.service import make_service\n"
+            f"config = load_config(environ={{}}, options={{('node', 'data_dir'): {data_dir!r},"
+            " ('discovery', 'enabled'): 'false', ('exporter', 'enabled'): 'false'})\n"
+            "make_service(config, reactor)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('meteord.protocols', 'meteord.exporter'))))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.assertEqual(result.stdout.strip(), "[]", result.stderr)

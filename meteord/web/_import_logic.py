@@ -1,0 +1,285 @@
+"""
+The decisions of the import API (replication.md, "The importer") as pure code: parsing the
+four import messages, the reply states, the bounded cache of entities received in full, and
+what to answer for an entity given what the store already holds. ``meteord.web.importer``
+gathers the facts from the store and carries out what is decided here.
+
+Choices where the specification is silent:
+
+- An entity message is answered with ``complete``, ``need_status``, ``need_file_data`` or
+  ``failed``, never ``continue``: it is always possible to say exactly what is missing, which
+  saves the exporter a round trip. ``continue`` answers the two sub-messages (a status, and file
+  bytes), as in the original importer, whose exporter then sends ``cached_entity``.
+- The statuses asked for, in order, are the entity's own and then those of each file not yet
+  stored here (files already stored are linked and need nothing). One status is asked per
+  reply (the reply has a single ``status_id``); files come only once every status is known.
+- A file whose record is not stored here needs its bytes unless the file store already has
+  them (uploaded earlier for this or another entity). ``file_id`` names the first missing file
+  in the entity's order and ``file_ids`` every missing one.
+- A ``cached_entity`` that misses the cache but names an event or file already stored is
+  answered ``complete`` (the idempotency rule); any other miss is ``continue-nocache``.
+- An entity is dropped from the cache once it is answered ``complete``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import attrs
+
+from meteord.model import CameraStatus, Event, FileRecord, InvalidEntity, parse_id
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "MESSAGE_TYPES",
+    "CachedEntityReference",
+    "Entity",
+    "EntityCache",
+    "EntityMessage",
+    "Holdings",
+    "ImportNow",
+    "Message",
+    "Reply",
+    "StatusMessage",
+    "decide",
+    "entity_id",
+    "file_ids_of",
+    "parse_message",
+    "pending_file_ids",
+    "wanted_status_ids",
+]
+
+DEFAULT_CACHE_SIZE = 1024
+MESSAGE_TYPES = ("cached_entity", "event", "file", "status")
+
+Entity = Union[Event, FileRecord]
+
+
+@attrs.frozen
+class Reply:
+    """One reply of the import protocol, as sent in a 200 (or 422) JSON body."""
+
+    state: str
+    status_id: Optional[str] = None
+    file_id: Optional[str] = None
+    file_ids: tuple[str, ...] = ()
+    message: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form; absent values are omitted."""
+        body: dict[str, Any] = {"state": self.state}
+        if self.status_id is not None:
+            body["status_id"] = self.status_id
+        if self.file_id is not None:
+            body["file_id"] = self.file_id
+            body["file_ids"] = list(self.file_ids)
+        if self.message is not None:
+            body["message"] = self.message
+        return body
+
+    @classmethod
+    def complete(cls) -> Reply:
+        """Stored, or already there."""
+        return cls("complete")
+
+    @classmethod
+    def continue_(cls) -> Reply:
+        """Partial progress: send ``cached_entity`` (or the entity) next."""
+        return cls("continue")
+
+    @classmethod
+    def continue_nocache(cls) -> Reply:
+        """The entity is not held here: send it in full."""
+        return cls("continue-nocache")
+
+    @classmethod
+    def need_status(cls, status_id: str) -> Reply:
+        """The camera status ``status_id`` is unknown here."""
+        return cls("need_status", status_id=status_id)
+
+    @classmethod
+    def need_file_data(cls, file_ids: Iterable[str]) -> Reply:
+        """The bytes of these files (at least one) are missing here."""
+        ids = tuple(file_ids)
+        return cls("need_file_data", file_id=ids[0], file_ids=ids)
+
+    @classmethod
+    def failed(cls, message: str) -> Reply:
+        """This entity (or these bytes) cannot be imported."""
+        return cls("failed", message=message)
+
+
+@attrs.frozen
+class EntityMessage:
+    """``{"type": "event"|"file", ...}``: an entity sent in full."""
+
+    kind: str
+    entity: Entity
+
+    @property
+    def entity_id(self) -> str:
+        """The event_id or file_id."""
+        return entity_id(self.entity)
+
+
+@attrs.frozen
+class StatusMessage:
+    """``{"type": "status", "status": ...}``: a camera status the importer asked for."""
+
+    status: CameraStatus
+
+
+@attrs.frozen
+class CachedEntityReference:
+    """``{"type": "cached_entity", "cached_entity_id": ...}``: the entity sent before."""
+
+    entity_id: str
+
+
+Message = Union[EntityMessage, StatusMessage, CachedEntityReference]
+
+
+@attrs.frozen
+class ImportNow:
+    """Everything the entity needs is here: store it (and answer ``complete``)."""
+
+    entity: Entity
+
+
+def entity_id(entity: Entity) -> str:
+    """The public id of an event or file record."""
+    return entity.event_id if isinstance(entity, Event) else entity.file_id
+
+
+def _field(message: Mapping[str, Any], key: str) -> Any:
+    value = message.get(key)
+    if value is None:
+        raise InvalidEntity(key, "is required")
+    return value
+
+
+def _parse_within(key: str, parse: Any, value: Any) -> Any:
+    try:
+        return parse(value)
+    except InvalidEntity as e:
+        raise e.within(key) from None
+
+
+def parse_message(message: object) -> Message:
+    """
+    Parse one decoded JSON import message; raise InvalidEntity naming the key at fault
+    (``type``, ``event.files[0].md5``, ``cached_entity_id``...) for anything malformed.
+    """
+    if not isinstance(message, Mapping):
+        raise InvalidEntity("", "an import message is a JSON object")
+    kind = _field(message, "type")
+    if kind not in MESSAGE_TYPES:
+        raise InvalidEntity("type", f"must be one of {', '.join(MESSAGE_TYPES)}")
+    if kind == "cached_entity":
+        return CachedEntityReference(parse_id(_field(message, "cached_entity_id"),
+                                              "cached_entity_id"))
+    body = _field(message, kind)
+    if kind == "status":
+        return StatusMessage(_parse_within("status", CameraStatus.from_dict, body))
+    parse = Event.from_dict if kind == "event" else FileRecord.from_dict
+    return EntityMessage(kind, _parse_within(kind, parse, body))
+
+
+class EntityCache:
+    """
+    The entities received in full, most recently used last, at most ``size`` of them, so that
+    ``cached_entity`` can be resolved and uploads checked against their file records.
+    """
+
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+        if size < 1:
+            raise ValueError("the entity cache holds at least one entity")
+        self.size = size
+        self._entities: OrderedDict[str, Entity] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entities)
+
+    def put(self, entity: Entity) -> None:
+        """Remember an entity received in full, evicting the least recently used."""
+        key = entity_id(entity)
+        self._entities[key] = entity
+        self._entities.move_to_end(key)
+        while len(self._entities) > self.size:
+            self._entities.popitem(last=False)
+
+    def get(self, key: str) -> Optional[Entity]:
+        """The entity with that id, marked as just used; None when not held."""
+        entity = self._entities.get(key)
+        if entity is not None:
+            self._entities.move_to_end(key)
+        return entity
+
+    def discard(self, key: str) -> None:
+        """Forget an entity (once it is stored)."""
+        self._entities.pop(key, None)
+
+    def file_record(self, file_id: str) -> Optional[FileRecord]:
+        """The record of a file as the most recently received entity holding it gives it."""
+        for entity in reversed(self._entities.values()):
+            for record in _files_of(entity):
+                if record.file_id == file_id:
+                    return record
+        return None
+
+
+def _files_of(entity: Entity) -> tuple[FileRecord, ...]:
+    return entity.files if isinstance(entity, Event) else (entity,)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def file_ids_of(entity: Entity) -> list[str]:
+    """The ids of the entity's files (the file itself for a file record), in order."""
+    return _unique(f.file_id for f in _files_of(entity))
+
+
+def pending_file_ids(entity: Entity, stored_records: Iterable[str]) -> list[str]:
+    """The entity's files whose records are not stored here yet, in order."""
+    stored = set(stored_records)
+    return [file_id for file_id in file_ids_of(entity) if file_id not in stored]
+
+
+def wanted_status_ids(entity: Entity, stored_records: Iterable[str]) -> list[str]:
+    """
+    The status ids the entity needs here, in the order they are asked for: its own, then
+    those of its files whose records are not stored yet (stored ones are merely linked).
+    """
+    stored = set(stored_records)
+    return _unique([entity.status_id,
+                    *(f.status_id for f in _files_of(entity) if f.file_id not in stored)])
+
+
+@attrs.frozen(kw_only=True)
+class Holdings:
+    """
+    What the store holds for one entity: whether the entity itself is stored, the status ids
+    it knows, the file ids whose records are stored, and those whose bytes are in the file store.
+    """
+
+    stored: bool
+    statuses: frozenset[str] = frozenset()
+    file_records: frozenset[str] = frozenset()
+    file_bytes: frozenset[str] = frozenset()
+
+
+def decide(entity: Entity, holdings: Holdings) -> Union[Reply, ImportNow]:
+    """The answer to a full entity (or a resolved ``cached_entity``) given the holdings."""
+    if holdings.stored:
+        return Reply.complete()
+    for status_id in wanted_status_ids(entity, holdings.file_records):
+        if status_id not in holdings.statuses:
+            return Reply.need_status(status_id)
+    missing = [file_id for file_id in pending_file_ids(entity, holdings.file_records)
+               if file_id not in holdings.file_bytes]
+    if missing:
+        return Reply.need_file_data(missing)
+    return ImportNow(entity)

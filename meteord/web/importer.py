@@ -1,0 +1,312 @@
+"""
+The import API (api.md "Import API", replication.md "The importer"): ``POST /import`` takes
+one message of the MeteorPi import protocol and answers with the next step, and
+``POST /import/data/{file_id}/{md5}`` takes a file's bytes, streamed into the file store and
+verified before they become visible. Both need role ``import``.
+
+The decisions live in ``meteord.web._import_logic``; this module gathers from the store what
+they need, stores what they decide, and streams uploads through ``meteord.web._upload``. For
+uploads to be streamed rather than buffered by twisted.web, the site's requests must be
+``meteord.web._request.StreamingRequest`` and the site must list `ImportAPI.body_receiver` in its
+``body_receivers``; without that the buffered body is read the same way.
+
+Choices where the specification is silent:
+
+- Messages about the same entity are handled one at a time in a process (a second waits for
+  the first, then sees what it stored), so concurrent pushes store an entity once without
+  leaning on the database's uniqueness errors; across processes those still decide, and a
+  ``DuplicateEntity`` from the store counts as "already there".
+- A status message is stored (if new) and answered ``continue``, as by the original importer;
+  so is an upload. A store rule broken by an entity (``ConstraintViolation``,
+  ``NoCameraStatus``) answers ``failed`` with the reason: it concerns that entity only.
+- Uploads are checked against the md5 in the URL and, when this process holds the entity the
+  file belongs to, against that record's md5 and sha256. ``POST /import/data/{file_id}``
+  without an md5 (some versions of the original exporter) is accepted when the record is held,
+  and answered 422 otherwise. Bytes already in the file store under that id are not checked
+  again when an entity links them.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import AsyncIterator, Optional
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from meteord.errors import ConstraintViolation, DuplicateEntity, NoCameraStatus
+from meteord.interfaces import IMeteorStore
+from meteord.model import Event, InvalidEntity, User, parse_id
+from meteord.store.files import ChecksumMismatch
+from meteord.web._body import read_json_body
+from meteord.web._import_logic import (
+    DEFAULT_CACHE_SIZE,
+    CachedEntityReference,
+    Entity,
+    EntityCache,
+    EntityMessage,
+    Holdings,
+    ImportNow,
+    Message,
+    Reply,
+    StatusMessage,
+    decide,
+    entity_id,
+    file_ids_of,
+    parse_message,
+    pending_file_ids,
+    wanted_status_ids,
+)
+from meteord.web._request import split_path
+from meteord.web._upload import UploadBody, UploadRefused
+from meteord.web.auth import Authenticator
+from meteord.web.errors import APIError, install_error_handlers
+from meteord.web.responses import write_json
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "IMPORT_ROLE", "ImportAPI"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024**3
+IMPORT_ROLE = "import"
+
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+
+log = Logger()
+
+
+def _upload_ids(file_id: str, md5: Optional[str]) -> tuple[str, Optional[str]]:
+    """The canonical file id and md5 of an upload URL; InvalidEntity (400) if malformed."""
+    canonical = parse_id(file_id, "file_id")
+    if md5 is None:
+        return canonical, None
+    if not _HEX32.fullmatch(md5):
+        raise InvalidEntity("md5", "expected 32 hex digits")
+    return canonical, md5.lower()
+
+
+class _Serialised:
+    """One holder at a time per key; waiters are served in arrival order."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[Deferred[None]]] = {}
+
+    @asynccontextmanager
+    async def holding(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key`` for the body of the ``async with``."""
+        if key in self._waiting:
+            turn: Deferred[None] = Deferred()
+            self._waiting[key].append(turn)
+            await turn
+        else:
+            self._waiting[key] = []
+        try:
+            yield
+        finally:
+            waiters = self._waiting[key]
+            if waiters:
+                waiters.pop(0).callback(None)
+            else:
+                del self._waiting[key]
+
+
+class _UploadReceiver:
+    """Streams the bodies of ``POST {prefix}/import/data/...`` into `UploadBody` sinks."""
+
+    def __init__(self, api: ImportAPI, prefix: str) -> None:
+        self._api = api
+        self._prefix = [s.encode("utf-8") for s in prefix.split("/") if s]
+
+    def sink_for(self, request: Request, method: bytes, path: bytes,
+                 length: Optional[int]) -> Optional[UploadBody]:
+        if method != b"POST":
+            return None
+        segments = split_path(path)
+        if segments[: len(self._prefix)] != self._prefix:
+            return None
+        rest = segments[len(self._prefix):]
+        if rest[:2] != [b"import", b"data"] or len(rest) not in (3, 4):
+            return None
+        ids = [segment.decode("latin-1") for segment in rest[2:]]
+        try:
+            _upload_ids(ids[0], ids[1] if len(ids) == 2 else None)
+        except InvalidEntity:
+            return self._api._upload_body(request, length, accept=False)
+        has_credentials = (request.getHeader(b"authorization") or b"").lower().startswith(
+            b"basic ")
+        body = self._api._upload_body(request, length, accept=has_credentials)
+        if has_credentials:
+            body.check_authorization(Deferred.fromCoroutine(self._api._authorize(request)))
+        return body
+
+
+class ImportAPI:
+    """
+    ``POST /import`` and ``POST /import/data/{file_id}/{md5}`` over ``store``, checking
+    credentials with ``authenticator``; uploads larger than ``max_upload_bytes`` are refused
+    (413) and at most ``cache_size`` entities received in full are held for ``cached_entity``.
+    """
+
+    app = Klein()
+    install_error_handlers(app)
+
+    def __init__(self, store: IMeteorStore, authenticator: Authenticator, *,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self._store = store
+        self._authenticator = authenticator
+        self._max_upload_bytes = max_upload_bytes
+        self.cache = EntityCache(cache_size)
+        self._serialised = _Serialised()
+
+    def body_receiver(self, prefix: str) -> _UploadReceiver:
+        """The receiver that streams this API's uploads, for a site mounted under ``prefix``."""
+        return _UploadReceiver(self, prefix)
+
+    async def _authorize(self, request: IRequest) -> User:
+        return await self._authenticator.require(request, IMPORT_ROLE)
+
+    def _upload_body(self, request: IRequest, length: Optional[int], accept: bool) -> UploadBody:
+        return UploadBody(partial(self._store.file_store.open_upload, self._max_upload_bytes),
+                          request.requestHeaders, length, self._max_upload_bytes, accept=accept)
+
+    # POST /import
+
+    @app.route("/import", methods=["POST"])
+    async def import_message(self, request: IRequest) -> bytes:
+        """Answer one import message with the next step of the protocol."""
+        user = await self._authorize(request)
+        message = parse_message(read_json_body(request))
+        reply = await self.answer(message, user.user_id)
+        return write_json(request, 200, reply.to_dict())
+
+    async def answer(self, message: Message, user_id: str) -> Reply:
+        """The reply to a parsed message (see ``parse_message``) from ``user_id``."""
+        if isinstance(message, StatusMessage):
+            return await self._import_status(message, user_id)
+        if isinstance(message, EntityMessage):
+            self.cache.put(message.entity)
+            return await self._answer_entity(message.entity, user_id)
+        assert isinstance(message, CachedEntityReference)
+        entity = self.cache.get(message.entity_id)
+        if entity is not None:
+            return await self._answer_entity(entity, user_id)
+        if (await self._store.has_event_id(message.entity_id)
+                or await self._store.has_file_id(message.entity_id)):
+            return Reply.complete()
+        return Reply.continue_nocache()
+
+    async def _import_status(self, message: StatusMessage, user_id: str) -> Reply:
+        status = message.status
+        async with self._serialised.holding(status.status_id):
+            if not await self._store.has_status_id(status.status_id):
+                try:
+                    await self._store.import_camera_status(status, user_id)
+                except DuplicateEntity:
+                    pass
+        return Reply.continue_()
+
+    async def _answer_entity(self, entity: Entity, user_id: str) -> Reply:
+        key = entity_id(entity)
+        async with self._serialised.holding(key):
+            decision = decide(entity, await self._holdings(entity))
+            if isinstance(decision, ImportNow):
+                decision = await self._import_entity(entity, user_id)
+        if decision.state == "complete":
+            self.cache.discard(key)
+        return decision
+
+    async def _holdings(self, entity: Entity) -> Holdings:
+        """What the store holds of what ``entity`` needs, asked in the order it is needed."""
+        store = self._store
+        if isinstance(entity, Event):
+            stored = await store.has_event_id(entity.event_id)
+        else:
+            stored = await store.has_file_id(entity.file_id)
+        if stored:
+            return Holdings(stored=True)
+        records = frozenset([f for f in file_ids_of(entity) if await store.has_file_id(f)])
+        wanted = wanted_status_ids(entity, records)
+        statuses = frozenset([s for s in wanted if await store.has_status_id(s)])
+        file_bytes: frozenset[str] = frozenset()
+        if statuses.issuperset(wanted):
+            file_bytes = frozenset([f for f in pending_file_ids(entity, records)
+                                    if await store.file_store.exists(f)])
+        return Holdings(stored=False, statuses=statuses, file_records=records,
+                        file_bytes=file_bytes)
+
+    async def _import_entity(self, entity: Entity, user_id: str) -> Reply:
+        try:
+            if isinstance(entity, Event):
+                await self._store.import_event(entity, user_id)
+            else:
+                await self._store.import_file_record(entity, user_id)
+        except DuplicateEntity:
+            pass
+        except (ConstraintViolation, NoCameraStatus) as e:
+            log.warn("Import of {entity_id} refused by the store: {reason}",
+                     entity_id=entity_id(entity), reason=str(e))
+            return Reply.failed(f"The entity cannot be stored: {e}")
+        return Reply.complete()
+
+    # POST /import/data/{file_id}/{md5}
+
+    @app.route("/import/data/<string:file_id>/<string:md5>", methods=["POST"])
+    async def import_file_data(self, request: IRequest, file_id: str, md5: str) -> bytes:
+        """Store the bytes of a file once they match their md5."""
+        return await self._receive_file_data(request, file_id, md5)
+
+    @app.route("/import/data/<string:file_id>", methods=["POST"])
+    async def import_file_data_without_md5(self, request: IRequest, file_id: str) -> bytes:
+        """Store the bytes of a file once they match the md5 of its record held here."""
+        return await self._receive_file_data(request, file_id, None)
+
+    async def _receive_file_data(self, request: IRequest, file_id: str,
+                                 md5: Optional[str]) -> bytes:
+        body = getattr(request, "body_sink", None)
+        if not isinstance(body, UploadBody):
+            body = self._upload_body(request, _content_length(request), accept=True)
+            body.feed(request.content)
+        try:
+            if body.authorization is not None:
+                await body.authorization
+            else:
+                await self._authorize(request)
+            file_id, md5 = _upload_ids(file_id, md5)
+            status, reply = await self._store_upload(body, file_id, md5)
+        finally:
+            body.abort()
+        return write_json(request, status, reply.to_dict())
+
+    async def _store_upload(self, body: UploadBody, file_id: str,
+                            md5: Optional[str]) -> tuple[int, Reply]:
+        if body.refusal is not None:
+            raise APIError(body.refusal.status, body.refusal.message)
+        if (await self._store.has_file_id(file_id)
+                or await self._store.file_store.exists(file_id)):
+            return 200, Reply.continue_()
+        record = self.cache.file_record(file_id)
+        if md5 is None and record is None:
+            return 422, Reply.failed("checksum unknown: send the file's md5 in the URL")
+        if md5 is not None and record is not None and record.md5 != md5:
+            return 422, Reply.failed("checksum mismatch")
+        expected_md5 = md5 if md5 is not None else record.md5  # type: ignore[union-attr]
+        try:
+            await body.commit(file_id, expected_md5, record.sha256 if record else None)
+        except ChecksumMismatch as e:
+            log.info("Upload of {file_id} discarded: {reason}", file_id=file_id, reason=str(e))
+            return 422, Reply.failed("checksum mismatch")
+        except UploadRefused as e:
+            raise APIError(e.status, e.message) from None
+        return 200, Reply.continue_()
+
+
+def _content_length(request: IRequest) -> Optional[int]:
+    value = request.getHeader(b"content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
