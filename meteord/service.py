@@ -10,7 +10,14 @@ import os
 from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -20,6 +27,7 @@ from meteord import __version__
 from meteord.config import Config, mask_url
 from meteord.web._request import StreamingRequest
 from meteord.web.ops import OperationsAPI
+from meteord.web.responses import write_json_error
 from meteord.web.root import APIRoot
 
 log = Logger()
@@ -29,24 +37,48 @@ HTTP_STOP_GRACE_SECONDS = 10.0
 
 class _TrackedRequest(StreamingRequest):
     """
-    A request that registers itself with its site while it is being answered (and streams
-    upload bodies to the site's body receivers).
+    A request that registers itself with its site while it is being answered, and is answered
+    503 if it has not started its response within the site's request timeout. (Upload bodies
+    stream to the site's body receivers before processing starts, so the timeout covers the
+    handling, not the transfer; a download that has started is never cut off.)
     """
 
     def process(self) -> None:
-        in_flight = self.channel.site.in_flight
-        in_flight.add(self)
-        self.notifyFinish().addBoth(lambda _: in_flight.discard(self))
+        site = self.channel.site
+        site.in_flight.add(self)
+        timer = site.clock.callLater(site.request_timeout, self._timed_out)
+        self.notifyFinish().addBoth(lambda _: self._finished(site, timer))
         super().process()
+
+    def _finished(self, site: "MeteordSite", timer: Any) -> None:
+        site.in_flight.discard(self)
+        if timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        if self.finished or self._disconnected or self.startedWriting:
+            return
+        log.warn("{method} {path} timed out", method=self.method.decode("ascii", "replace"),
+                 path=self.path.decode("utf-8", "replace"))
+        body = write_json_error(self, 503, "Request timed out")
+        self.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        self.write(body)
+        self.finish()
 
 
 class MeteordSite(Site):
-    """A ``Site`` that knows its requests in flight, so a stop can wait for them."""
+    """
+    A ``Site`` that knows its requests in flight, so a stop can wait for them, and answers 503
+    to requests that take longer than ``request_timeout`` seconds on ``clock``.
+    """
 
     requestFactory = _TrackedRequest
 
-    def __init__(self, resource: Any, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, clock: IReactorTime, request_timeout: float = 60.0,
+                 **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
+        self.clock = clock
+        self.request_timeout = request_timeout
         self.in_flight: set[Request] = set()
 
 
@@ -152,7 +184,11 @@ class StartAfter(MultiService):
 
 
 class MeteordNode(MultiService):
-    """The whole node; logs what it runs with when it starts."""
+    """
+    The whole node; logs what it runs with when it starts. It stops its children one after
+    the other, last started first, so HTTP and the exporter are done with the store before the
+    store closes.
+    """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
@@ -174,6 +210,17 @@ class MeteordNode(MultiService):
         )
         os.makedirs(config.node.data_dir, exist_ok=True)
         super().startService()
+
+    async def _stop_in_order(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed", name=child.name)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_order())
 
 
 def build_site(config: Config, store: Any, reactor: Any,
@@ -203,7 +250,8 @@ def build_site(config: Config, store: Any, reactor: Any,
         apis.append(importer)
         receivers.append(importer.body_receiver(config.http.prefix))
     ops = OperationsAPI(store_check=store.check, documented=apis, prefix=config.http.prefix)
-    site = MeteordSite(APIRoot(config.http.prefix, [ops, *apis]))
+    site = MeteordSite(APIRoot(config.http.prefix, [ops, *apis]), reactor,
+                       request_timeout=config.http.request_timeout)
     site.body_receivers = receivers
     return site
 
@@ -255,6 +303,13 @@ def make_service(config: Config, reactor: Any = None) -> MeteordNode:
         after_store = StartAfter(store_service.when_ready)
         after_store.setName("discovery")
         discovery.setServiceParent(after_store)
+        after_store.setServiceParent(node)
+    if config.exporter.enabled:
+        from meteord.exporter.service import make_exporter_service
+
+        after_store = StartAfter(store_service.when_ready)
+        after_store.setName("exporter")
+        make_exporter_service(config, store, reactor).setServiceParent(after_store)
         after_store.setServiceParent(node)
     if config.http.endpoint != "none":
         http = HTTPService(serverFromString(reactor, config.http.endpoint),

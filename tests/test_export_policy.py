@@ -1,19 +1,11 @@
 """
-Tests for meteord.exporter.policy: back-off and disabling arithmetic, request timeouts, time
-windows at their edges and the rate limiter's arithmetic.
+Tests for meteord.exporter.policy: back-off and disabling arithmetic, request timeouts and the
+rate limiter's arithmetic.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from meteord.exporter.policy import (
-    FailureAccount, FailurePolicy, InvalidWindow, RateLimiter, TimeWindow, in_window,
-    next_window_start, parse_window, parse_windows, request_timeout)
-
-MINUTE = 60 * 1000
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
-# 2024-01-02T00:00:00Z, a midnight, in ms.
-MIDNIGHT = 1704153600000
+from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, request_timeout
 
 
 class FailureAccountTests(SynchronousTestCase):
@@ -93,111 +85,6 @@ class RequestTimeoutTests(SynchronousTestCase):
     def test_upload_adds_one_second_per_64_kib(self):
         self.assertEqual(request_timeout(64 * 1024), 31.0)
         self.assertEqual(request_timeout(10 * 64 * 1024 + 32 * 1024), 40.5)
-
-
-class ParseWindowTests(SynchronousTestCase):
-    """The HH:MM-HH:MM syntax."""
-
-    def test_simple(self):
-        self.assertEqual(parse_window("01:30-02:45"), TimeWindow(90 * MINUTE, 165 * MINUTE))
-
-    def test_wrapping(self):
-        self.assertEqual(parse_window("22:00-06:00"), TimeWindow(22 * HOUR, 6 * HOUR))
-
-    def test_whole_day(self):
-        self.assertEqual(parse_window("00:00-24:00"), TimeWindow(0, DAY))
-
-    def test_surrounding_space_is_ignored(self):
-        self.assertEqual(parse_window(" 22:00-06:00 "), TimeWindow(22 * HOUR, 6 * HOUR))
-
-    def test_invalid(self):
-        for text in ["", "22-06", "2:00-06:00", "22:00 - 06:00", "24:00-01:00",
-                     "10:00-24:01", "10:60-11:00", "10:00-25:00", "10:00-10:00",
-                     "00:00-00:00", None, 2200]:
-            self.assertRaises(InvalidWindow, parse_window, text)
-
-    def test_invalid_window_is_a_value_error(self):
-        self.assertTrue(issubclass(InvalidWindow, ValueError))
-
-    def test_error_names_the_window(self):
-        error = self.assertRaises(InvalidWindow, parse_window, "late")
-        self.assertIn("'late'", str(error))
-
-    def test_parse_windows_absent_is_empty(self):
-        self.assertEqual(parse_windows(None), ())
-        self.assertEqual(parse_windows(["01:00-02:00", "03:00-04:00"]),
-                         (TimeWindow(HOUR, 2 * HOUR), TimeWindow(3 * HOUR, 4 * HOUR)))
-
-
-class InWindowTests(SynchronousTestCase):
-    """Start inclusive, end exclusive, midnight wrapping."""
-
-    def test_no_windows_is_always_allowed(self):
-        self.assertTrue(in_window((), MIDNIGHT + 5 * HOUR))
-
-    def test_plain_window_edges(self):
-        windows = parse_windows(["01:00-02:00"])
-        self.assertFalse(in_window(windows, MIDNIGHT + HOUR - 1))
-        self.assertTrue(in_window(windows, MIDNIGHT + HOUR))
-        self.assertTrue(in_window(windows, MIDNIGHT + 2 * HOUR - 1))
-        self.assertFalse(in_window(windows, MIDNIGHT + 2 * HOUR))
-
-    def test_wrapping_window_edges(self):
-        windows = parse_windows(["22:00-06:00"])
-        self.assertFalse(in_window(windows, MIDNIGHT + 22 * HOUR - 1))
-        self.assertTrue(in_window(windows, MIDNIGHT + 22 * HOUR))
-        self.assertTrue(in_window(windows, MIDNIGHT + DAY - 1))
-        self.assertTrue(in_window(windows, MIDNIGHT + DAY))
-        self.assertTrue(in_window(windows, MIDNIGHT + 6 * HOUR - 1))
-        self.assertFalse(in_window(windows, MIDNIGHT + 6 * HOUR))
-        self.assertFalse(in_window(windows, MIDNIGHT + 12 * HOUR))
-
-    def test_whole_day_window(self):
-        windows = parse_windows(["00:00-24:00"])
-        self.assertTrue(in_window(windows, MIDNIGHT))
-        self.assertTrue(in_window(windows, MIDNIGHT - 1))
-
-    def test_window_ending_at_midnight(self):
-        windows = parse_windows(["23:00-24:00"])
-        self.assertTrue(in_window(windows, MIDNIGHT - 1))
-        self.assertFalse(in_window(windows, MIDNIGHT))
-
-    def test_any_of_several_windows(self):
-        windows = parse_windows(["01:00-02:00", "13:00-14:00"])
-        self.assertTrue(in_window(windows, MIDNIGHT + 13 * HOUR + 30 * MINUTE))
-        self.assertFalse(in_window(windows, MIDNIGHT + 3 * HOUR))
-
-
-class NextWindowStartTests(SynchronousTestCase):
-    """When exports may next run."""
-
-    def test_no_windows_is_now(self):
-        self.assertEqual(next_window_start((), MIDNIGHT + 7), MIDNIGHT + 7)
-
-    def test_inside_a_window_is_now(self):
-        windows = parse_windows(["22:00-06:00"])
-        self.assertEqual(next_window_start(windows, MIDNIGHT + HOUR), MIDNIGHT + HOUR)
-
-    def test_later_today(self):
-        windows = parse_windows(["22:00-06:00"])
-        self.assertEqual(next_window_start(windows, MIDNIGHT + 6 * HOUR),
-                         MIDNIGHT + 22 * HOUR)
-
-    def test_tomorrow(self):
-        windows = parse_windows(["01:00-02:00"])
-        self.assertEqual(next_window_start(windows, MIDNIGHT + 2 * HOUR),
-                         MIDNIGHT + DAY + HOUR)
-
-    def test_earliest_of_several(self):
-        windows = parse_windows(["20:00-21:00", "03:00-04:00", "15:00-16:00"])
-        self.assertEqual(next_window_start(windows, MIDNIGHT + 16 * HOUR),
-                         MIDNIGHT + 20 * HOUR)
-        self.assertEqual(next_window_start(windows, MIDNIGHT + 21 * HOUR),
-                         MIDNIGHT + DAY + 3 * HOUR)
-
-    def test_one_ms_before_start(self):
-        windows = parse_windows(["01:00-02:00"])
-        self.assertEqual(next_window_start(windows, MIDNIGHT + HOUR - 1), MIDNIGHT + HOUR)
 
 
 class RateLimiterTests(SynchronousTestCase):

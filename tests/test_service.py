@@ -16,6 +16,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from meteord import __version__
@@ -146,6 +147,32 @@ class ServiceTests(TestCase):
         self.patch(store, "run", lambda *args: fail(StoreUnavailable("database unavailable")))
         response, body = await self.get_json("/api/healthz")
         self.assertEqual((response.code, body["status"], body["store"]), (503, "unavailable", "unavailable"))
+
+
+    async def test_slow_request_answered_503_after_the_timeout(self) -> None:
+        node = await self.start_node({("http", "request_timeout"): "2.5"})
+        site = node.getServiceNamed("http").site
+        clock = Clock()
+        site.clock = clock
+        started: Deferred[None] = Deferred()
+
+        class Stuck:
+            def render(self, request):
+                started.callback(None)
+                return 1  # NOT_DONE_YET, and never done
+
+        site.resource._apis[0] = (site.resource._apis[0][0], Stuck())
+        response_d = treq.get(self.base + "/api/healthz", persistent=False)
+        await started
+        (request,) = site.in_flight
+        clock.advance(2.4)
+        self.assertFalse(request.finished)
+        clock.advance(0.1)
+        self.assertTrue(request.finished)
+        response = await response_d
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
+        self.assertEqual(site.in_flight, set())
 
 
 class ComponentTests(TestCase):

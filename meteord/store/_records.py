@@ -198,6 +198,24 @@ def _nsstring(text: str) -> NSString:
     return NSString.parse(text)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in attrs.fields(cls))
+
+
+def _stored(cls: type[T], **values: Any) -> T:
+    """
+    An entity rebuilt from values this store wrote, without running its validators again:
+    the entity's constructor checked and normalised them before they were stored, and checking
+    them again cost most of the time of a search. Every field must be given, in the form the
+    constructor would have made (tuples, aware UTC datetimes, NSStrings, floats).
+    """
+    entity = object.__new__(cls)
+    for name in _field_names(cls):
+        object.__setattr__(entity, name, values[name])
+    return entity
+
+
 def _meta_row(position: int, meta: Meta) -> tuple[Any, ...]:
     value = meta.value
     return (
@@ -217,7 +235,7 @@ def _meta_from_row(key: str, meta_type: str, string: Any, number: Any, date: Any
         value = float(number)
     else:
         value = ms_to_datetime(int(date))
-    return Meta(key=_nsstring(key), type=meta_type, value=value)
+    return _stored(Meta, key=_nsstring(key), type=meta_type, value=value)
 
 
 def _status_values(
@@ -273,7 +291,8 @@ def _file_from_row(row: Sequence[Any], meta: Sequence[Meta]) -> FileRecord:
     """A FileRecord from the columns of ``_FILE_SELECT`` after the primary key."""
     (file_id, camera_id, status_id, mime_type, file_name, semantic_type, file_time,
      file_size, md5, sha256) = row
-    return FileRecord(
+    return _stored(
+        FileRecord,
         file_id=file_id,
         camera_id=camera_id,
         status_id=status_id,
@@ -329,62 +348,114 @@ def _files_from_rows(rows: Sequence[Sequence[Any]]) -> Operation[list[FileRecord
     return [_file_from_row(row[1:], metas.get(row[0], ())) for row in rows]
 
 
-# Everything behind a page of events in one statement: rows of three shapes padded to the
-# same columns. A link row has no meta key; a file meta row has no event_pk and carries its
-# file's pk where links carry f.id; the rest are event meta rows.
-_FILE_NULLS = ", ".join(["NULL"] * (len(_FILE_SELECT.split(",")) - 1))
+# Events are read with everything behind them in one statement. The events come from a query
+# named ``chosen`` in a WITH clause (one event by id, or one page of a search with the total
+# count of its matches), and the statement returns rows of four kinds padded to the same
+# columns and told apart by the first: an event, a link to a file (with the file's columns),
+# a meta item of an event, a meta item of a linked file. The first branch gives every column
+# its type, so that NULL padding resolves the same way on both databases.
+_EVENT, _LINK, _EVENT_META, _FILE_META = range(4)
+_DETAIL_COLUMNS = (
+    ("kind", "BIGINT"), ("owner_pk", "BIGINT"), ("position", "BIGINT"), ("file_pk", "BIGINT"),
+    ("file_id", "TEXT"), ("f_camera_id", "TEXT"), ("f_status_id", "TEXT"),
+    ("mime_type", "TEXT"), ("file_name", "TEXT"), ("semantic_type", "TEXT"),
+    ("file_time", "BIGINT"), ("file_size", "BIGINT"), ("md5", "TEXT"), ("sha256", "TEXT"),
+    ("key", "TEXT"), ("type", "TEXT"), ("string_value", "TEXT"),
+    ("float_value", "DOUBLE PRECISION"), ("date_value", "BIGINT"),
+    ("event_id", "TEXT"), ("camera_id", "TEXT"), ("event_time", "BIGINT"),
+    ("event_type", "TEXT"), ("status_id", "TEXT"), ("total", "BIGINT"),
+)
+_CHOSEN_COLUMNS = "id, event_id, camera_id, event_time, event_type, status_id, total"
+_FILE_VALUES = dict(zip(
+    [name for name, _ in _DETAIL_COLUMNS[3:14]],
+    [column.strip() for column in _FILE_SELECT.split(",")],
+))
+_META_VALUES = {name: f"m.{name}" for name in
+                ("position", "key", "type", "string_value", "float_value", "date_value")}
+
+
+def _detail_branch(kind: int, values: dict[str, str], source: str, typed: bool = False) -> str:
+    """One SELECT of the statement: ``values`` by column name, NULL elsewhere."""
+    columns = [str(kind)]
+    for name, sql_type in _DETAIL_COLUMNS[1:]:
+        if name in values:
+            columns.append(values[name])
+        else:
+            columns.append(f"CAST(NULL AS {sql_type})" if typed else "NULL")
+    return f"SELECT {', '.join(columns)} {source}"
+
+
 _EVENT_DETAILS = (
-    f"SELECT ef.event_pk, ef.position, {_FILE_SELECT}, NULL, NULL, NULL, NULL, NULL "
-    "FROM event_files ef JOIN files f ON f.id = ef.file_pk WHERE ef.event_pk IN ({ids}) "
-    f"UNION ALL SELECT m.event_pk, m.position, NULL, {_FILE_NULLS}, m.key, m.type, "
-    "m.string_value, m.float_value, m.date_value FROM event_meta m WHERE m.event_pk IN ({ids}) "
-    f"UNION ALL SELECT NULL, m.position, m.file_pk, {_FILE_NULLS}, m.key, m.type, "
-    "m.string_value, m.float_value, m.date_value FROM file_meta m WHERE m.file_pk IN "
-    "(SELECT l.file_pk FROM event_files l WHERE l.event_pk IN ({ids}))"
+    "WITH chosen (" + _CHOSEN_COLUMNS + ") AS ({chosen}) "
+    + _detail_branch(_EVENT, {
+        "owner_pk": "c.id", "event_id": "c.event_id", "camera_id": "c.camera_id",
+        "event_time": "c.event_time", "event_type": "c.event_type",
+        "status_id": "c.status_id", "total": "c.total",
+    }, "FROM chosen c", typed=True)
+    + " UNION ALL "
+    + _detail_branch(_LINK, {"owner_pk": "ef.event_pk", "position": "ef.position",
+                             **_FILE_VALUES},
+                     "FROM event_files ef JOIN files f ON f.id = ef.file_pk "
+                     "WHERE ef.event_pk IN (SELECT id FROM chosen)")
+    + " UNION ALL "
+    + _detail_branch(_EVENT_META, {"owner_pk": "m.event_pk", **_META_VALUES},
+                     "FROM event_meta m WHERE m.event_pk IN (SELECT id FROM chosen)")
+    + " UNION ALL "
+    + _detail_branch(_FILE_META, {"file_pk": "m.file_pk", **_META_VALUES},
+                     "FROM file_meta m WHERE m.file_pk IN (SELECT l.file_pk FROM event_files l "
+                     "WHERE l.event_pk IN (SELECT id FROM chosen))")
+    + " ORDER BY 1, 22 DESC, 20 DESC"
 )
 
 
-def _events_from_rows(rows: Sequence[Sequence[Any]]) -> Operation[list[Event]]:
+def _read_events(chosen: str, params: Sequence[Any]) -> Operation[tuple[list[Event], Any]]:
     """
-    Events from rows of ``_EVENT_SELECT``, in the same order, with their files and the meta
-    of both, read with one statement per 500 events.
+    The events selected by the query ``chosen`` (columns ``_CHOSEN_COLUMNS``), in its order,
+    with their files and the meta of both, and the ``total`` column of the first (None when
+    none was selected): one statement.
     """
-    if not rows:
-        return []
-    event_pks = [row[0] for row in rows]
+    rows = yield Query(_EVENT_DETAILS.format(chosen=chosen), params)
+    chosen_rows = []
     links: dict[int, list[tuple[int, int]]] = defaultdict(list)
     file_rows: dict[int, Sequence[Any]] = {}
     event_metas: dict[int, list[tuple[int, Meta]]] = defaultdict(list)
-    file_metas: dict[int, dict[int, Meta]] = defaultdict(dict)
-    for chunk in _chunks(event_pks, _IN_CHUNK):
-        details = yield Query(_EVENT_DETAILS.format(ids=_marks(len(chunk))), [*chunk] * 3)
-        for event_pk, position, file_pk, *rest in details:
-            key, meta_type, string, number, date = rest[-5:]
-            if key is None:
-                links[event_pk].append((position, file_pk))
-                file_rows[file_pk] = rest[:-5]
-            elif event_pk is None:
-                file_metas[file_pk][position] = _meta_from_row(key, meta_type, string, number,
-                                                               date)
+    file_metas: dict[int, list[tuple[int, Meta]]] = defaultdict(list)
+    for row in rows:
+        kind, owner_pk, position, file_pk = row[:4]
+        if kind == _EVENT:
+            chosen_rows.append(row)
+        elif kind == _LINK:
+            links[owner_pk].append((position, file_pk))
+            file_rows[file_pk] = row[4:14]
+        else:
+            meta = _meta_from_row(*row[14:19])
+            if kind == _EVENT_META:
+                event_metas[owner_pk].append((position, meta))
             else:
-                event_metas[event_pk].append(
-                    (position, _meta_from_row(key, meta_type, string, number, date)))
+                file_metas[file_pk].append((position, meta))
     files = {
-        pk: _file_from_row(row, [meta for _, meta in sorted(file_metas[pk].items())])
+        pk: _file_from_row(row, [meta for _, meta in sorted(file_metas[pk], key=_first)])
         for pk, row in file_rows.items()
     }
-    return [
-        Event(
+    events = [
+        _stored(
+            Event,
             event_id=event_id,
             camera_id=camera_id,
             event_time=ms_to_datetime(int(event_time)),
             event_type=_nsstring(event_type),
             status_id=status_id,
-            files=[files[file_pk] for _, file_pk in sorted(links[pk])],
-            meta=[meta for _, meta in sorted(event_metas[pk], key=lambda item: item[0])],
+            files=tuple(files[file_pk] for _, file_pk in sorted(links[pk], key=_first)),
+            meta=tuple(meta for _, meta in sorted(event_metas[pk], key=_first)),
         )
-        for pk, event_id, camera_id, event_time, event_type, status_id in rows
+        for _, pk, *_padding, event_id, camera_id, event_time, event_type, status_id, _total
+        in chosen_rows
     ]
+    return events, (chosen_rows[0][-1] if chosen_rows else None)
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
 
 def _get_file(file_id: str) -> Operation[Optional[FileRecord]]:
@@ -394,8 +465,9 @@ def _get_file(file_id: str) -> Operation[Optional[FileRecord]]:
 
 
 def _get_event(event_id: str) -> Operation[Optional[Event]]:
-    rows = yield Query(f"SELECT {_EVENT_SELECT} FROM events e WHERE e.event_id = ?", (event_id,))
-    events = yield from _events_from_rows(rows)
+    events, _ = yield from _read_events(
+        f"SELECT {_EVENT_SELECT}, CAST(NULL AS BIGINT) FROM events e WHERE e.event_id = ?",
+        (event_id,))
     return events[0] if events else None
 
 
@@ -418,9 +490,14 @@ def _search_page(search: Any, columns: str) -> Operation[tuple[list[Sequence[Any
 
 
 def _search_events(search: EventSearch) -> Operation[tuple[list[Event], int]]:
-    rows, count = yield from _search_page(search, _EVENT_SELECT)
-    events = yield from _events_from_rows(rows)
-    return events, count
+    events, count = yield from _read_events(*_search.page_query(search, _EVENT_SELECT))
+    if events:
+        return events, int(count)
+    count = _search.empty_page_count(search)
+    if count is None:
+        sql, params = _search.count_query(search)
+        count = int((yield Query(sql, params))[0][0])
+    return [], count
 
 
 def _search_files(search: FileRecordSearch) -> Operation[tuple[list[FileRecord], int]]:

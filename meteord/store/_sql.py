@@ -167,16 +167,22 @@ class PostgresDatabase:
         if reactor is None:
             from twisted.internet import reactor
 
+        self._closed = False
+
         def reconnection_delays() -> Any:
             delay = 0.2
-            while True:
+            while not self._closed:
                 yield delay
                 delay = min(delay * 2, 5.0)
+
+        def connection_died(failure: Any) -> bool:
+            return not self._closed and reconnection.defaultDeathChecker(failure)
 
         class _Pool(txpostgres.ConnectionPool):
             def connectionFactory(self, pool_reactor: Any, cooperator: Any) -> Any:
                 detector = reconnection.DeadConnectionDetector(
-                    reconnectionIterator=reconnection_delays, reactor=pool_reactor)
+                    deathChecker=connection_died, reconnectionIterator=reconnection_delays,
+                    reactor=pool_reactor)
                 return txpostgres.Connection(pool_reactor, cooperator, detector=detector)
 
         _Pool.reactor = reactor
@@ -218,6 +224,8 @@ class PostgresDatabase:
             return stop.value
 
     def close(self) -> None:
+        """Close every connection; connections that died are not reconnected any more."""
+        self._closed = True
         self._pool.close()
 
 

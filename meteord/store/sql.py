@@ -44,8 +44,12 @@ class SQLStore(RecordOperations, AccountOperations):
         self._reactor = reactor
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
-        """Run one transaction (a generator operation) on the database."""
-        return self.database.run(operation, *args)
+        """
+        Run one transaction (a generator operation) on the database. Cancelling the result
+        (an HTTP client went away) leaves the transaction to finish on its own: cancelling a
+        query half-way would leave the connection in an unknown state.
+        """
+        return _shielded(self.database.run(operation, *args))
 
     def in_thread(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run CPU-heavy work (password hashing) on the reactor's thread pool."""
@@ -80,6 +84,18 @@ class SQLStore(RecordOperations, AccountOperations):
 
     def check(self) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._check())
+
+
+def _shielded(running: Deferred[T]) -> Deferred[T]:
+    """A Deferred with the outcome of ``running`` whose cancellation does not reach it."""
+    result: Deferred[T] = Deferred(lambda _: None)
+
+    def deliver(outcome: Any) -> None:
+        if not result.called:
+            result.callback(outcome)
+
+    running.addBoth(deliver)
+    return result
 
 
 async def _nothing() -> None:

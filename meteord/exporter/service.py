@@ -1,0 +1,804 @@
+"""
+The exporter: a `LoopingCall` that marks what each export configuration selects and pushes the
+queued tasks to the target's import API with treq, each entity driven through `ExportProtocol`,
+with failure accounting, back-off, disabling, time windows and the byte-rate cap of
+replication.md. The store, the clock and the HTTP client are passed in.
+
+Choices where the specification is silent:
+
+- Each worker claims one task at a time (`claim_export_tasks(config_id, 1, lease)`), so a
+  task's lease starts when its work starts. A round sends at most `batch_size` tasks per
+  configuration, then ends; since it did work, the next round starts at once, re-marking and
+  re-checking windows, deferral and enabled state in between.
+- No request of a task outlives its lease (default one hour, less a margin of 5 s): a request
+  is cut short when the lease runs out, and the task then fails as an entity failure naming
+  the lease. So two exporters on one database never send the same task at the same time.
+- A configuration whose stored back-off (`deferred_until`) lies in the future, or that is
+  outside its windows, still has new matches marked but sends nothing. A configuration stops
+  claiming for the rest of the round after its first transport failure; entities already in
+  flight finish. Every transport failure defers the configuration's pending tasks to the
+  stored back-off, even one not counted because the configuration was already deferred, so a
+  released task is never retried at once.
+- Success resets the stored failure count at once when it is not zero (the store notes
+  `last_success` itself when a task completes).
+- Request timeouts: `request_timeout()` for a message, `request_timeout(file size)` for an
+  upload, covering sending, the reply's headers and reading its body. Time spent waiting on
+  the configuration's own rate cap is added, because the importer is not the one being slow.
+  Replies are read up to 1 MiB; a longer one is cut off and judged by the protocol as what it
+  then is, not JSON.
+- A POST that fails because the connection was lost before any response (a persistent
+  connection the importer had closed, or a cut during the upload) is sent once more on a new
+  connection; the import protocol is idempotent, so this is safe.
+- Files are streamed in 128 KiB chunks from the file store, the md5 computed as they go; the
+  last chunk is held back until the digest is known, so the bytes of a file that no longer
+  matches its record are never sent whole, and a size that differs from the record fails the
+  entity before any byte is sent. Either is an entity failure saying so.
+- `bytes_sent` counts every request body (entities, statuses and file bytes) of a completed
+  task, including bodies sent again.
+- TLS is verified by treq's default policy against the system's roots; `ca_file` (PEM, one
+  or more certificates) replaces those roots for every export of this service. A CA per
+  configuration would need a field in the export configuration, which the model does not have.
+- Connections: one `HTTPConnectionPool` per service, persistent, keeping at most
+  `concurrency` idle connections per host; in-flight connections are bounded by `concurrency`
+  per configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import Any, Awaitable, Callable, Optional, Union
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError, Deferred, DeferredList, DeferredLock, succeed)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, PotentialDataLoss,
+    RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed, ResponseDone,
+    ResponseNeverReceived)
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, request_timeout
+from meteord.exporter.protocol import (
+    MAX_ROUND_TRIPS, Done, EntityFailed, ExportProtocol, SendCachedEntity, SendEntity,
+    SendStatus, TransportFailed, UploadFile)
+from meteord.model import (
+    ExportConfiguration, ExportOutcome, ExportStatus, ExportTask, FileRecord, datetime_to_ms,
+    ms_to_datetime)
+from meteord.store.files import FileNotStored
+
+log = Logger()
+
+DEFAULT_LEASE_SECONDS = 3600.0
+LEASE_MARGIN_SECONDS = 5.0
+REPLY_LIMIT_BYTES = 1024 * 1024
+UPLOAD_CHUNK_BYTES = 128 * 1024
+
+
+@attrs.define
+class ExportCounters:
+    """What one export configuration's exports did since this service started."""
+
+    attempts: int = 0
+    successes: int = 0
+    entity_failures: int = 0
+    transport_failures: int = 0
+    bytes_sent: int = 0
+    round_trips: int = 0
+    retried_requests: int = 0
+
+
+class _EntityProblem(Exception):
+    """Something on this node stops this entity from being exported (an entity failure)."""
+
+
+class _TransportProblem(Exception):
+    """A round trip failed in transport: connection, timeout or a cut-off exchange."""
+
+
+class _Stopping(Exception):
+    """The service is stopping; the task goes back unchanged."""
+
+
+class _StaleConnection(Exception):
+    """The connection was lost before any response; worth one more try."""
+
+
+class _CorruptFile(Exception):
+    """A stored file's bytes do not match its record."""
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body already in memory (a JSON message)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IBodyProducer)
+class _FileBody:
+    """
+    Streams an open file of `length` bytes, checking its md5 as it goes (the last chunk is
+    sent only once the digest matches), throttled by `limiter` on `clock`; `on_throttle` is
+    told every wait, so the request's timeout can be extended by it.
+    """
+
+    def __init__(self, f: Any, record: FileRecord, clock: IReactorTime,
+                 limiter: Optional[RateLimiter], on_throttle: Callable[[float], None]) -> None:
+        self._file = f
+        self._record = record
+        self.length = record.file_size
+        self._clock = clock
+        self._limiter = limiter
+        self._on_throttle = on_throttle
+        self._paused: Optional[Deferred[None]] = None
+        self._waiting: Optional[Deferred[Any]] = None
+        self._stopped = False
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.sent = 0
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        finished: Deferred[None] = Deferred()
+
+        def done(result: Any) -> None:
+            # After stopProducing, the Deferred must never fire (IBodyProducer).
+            if self._stopped:
+                return
+            if isinstance(result, Failure):
+                finished.errback(result)
+            else:
+                finished.callback(None)
+
+        Deferred.fromCoroutine(self._produce(consumer)).addBoth(done)
+        return finished
+
+    async def _produce(self, consumer: Any) -> None:
+        try:
+            chunk = self._file.read(UPLOAD_CHUNK_BYTES)
+            while chunk:
+                following = self._file.read(UPLOAD_CHUNK_BYTES)
+                self._md5.update(chunk)
+                if not following:
+                    self._check(self.sent + len(chunk))
+                await self._throttle(len(chunk))
+                if self._paused is not None:
+                    await self._wait(self._paused)
+                if self._stopped:
+                    return
+                consumer.write(chunk)
+                self.sent += len(chunk)
+                chunk = following
+            if self.sent == 0:
+                self._check(0)
+        finally:
+            self._file.close()
+
+    def _check(self, size: int) -> None:
+        record = self._record
+        digest = self._md5.hexdigest()
+        if size != record.file_size or digest != record.md5:
+            raise _CorruptFile(
+                f"file {record.file_id} on this node no longer matches its record "
+                f"(md5 {digest}, {size} bytes; recorded md5 {record.md5}, "
+                f"{record.file_size} bytes); not sent")
+
+    async def _throttle(self, nbytes: int) -> None:
+        if self._limiter is None:
+            return
+        delay = self._limiter.delay_for(nbytes, self._clock.seconds())
+        if delay > 0:
+            self._on_throttle(delay)
+            await self._wait(deferLater(self._clock, delay))
+
+    async def _wait(self, d: Deferred[Any]) -> None:
+        self._waiting = d
+        try:
+            await d
+        finally:
+            self._waiting = None
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def close(self) -> None:
+        """Stop and close the file, whether or not producing ever started."""
+        self.stopProducing()
+        self._file.close()
+
+
+class _ReplyReader(Protocol):
+    """Reads a reply body up to `limit` bytes; cancelling `finished` drops the connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.finished: Deferred[bytes] = Deferred(self._cancel)
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self._chunks.append(data[:self._limit - self._size])
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.transport.stopProducing()
+            self.finished.callback(b"".join(self._chunks))
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._chunks))
+        else:
+            self.finished.errback(reason)
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def _read_reply(response: IResponse, limit: int = REPLY_LIMIT_BYTES) -> Deferred[bytes]:
+    reader = _ReplyReader(limit)
+    response.deliverBody(reader)
+    return reader.finished
+
+
+class _Deadline:
+    """
+    The timer of one request: it cancels `watched` when the timeout (extendable by
+    throttling) or the task's lease runs out, whichever comes first, and says which it was.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, lease_end: float) -> None:
+        self._clock = clock
+        self.watched: Optional[Deferred[Any]] = None
+        self.timeout = timeout
+        self._timeout_at = clock.seconds() + timeout
+        self._lease_end = lease_end
+        self.expired: Optional[str] = None
+        self._call = clock.callLater(self._remaining(), self._expire)
+
+    def _remaining(self) -> float:
+        return max(0.0, min(self._timeout_at, self._lease_end) - self._clock.seconds())
+
+    def extend(self, seconds: float) -> None:
+        self.timeout += seconds
+        self._timeout_at += seconds
+        if self._call.active():
+            self._call.reset(self._remaining())
+
+    def _expire(self) -> None:
+        self.expired = "lease" if self._lease_end <= self._timeout_at else "timeout"
+        if self.watched is not None:
+            self.watched.cancel()
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+def _load_trust_root(ca_file: str) -> Any:
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    with open(ca_file, "rb") as f:
+        pem = f.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + block for block in pem.split(marker)[1:]]
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {ca_file}")
+    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+
+
+def build_http_client(reactor: Any, max_persistent_per_host: int,
+                      ca_file: Optional[str] = None) -> tuple[Any, HTTPConnectionPool]:
+    """
+    A treq `HTTPClient` over its own persistent `HTTPConnectionPool` (returned too, for its
+    owner to close), verifying TLS against the system's roots or the certificates in `ca_file`.
+    """
+    from treq.client import HTTPClient
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_persistent_per_host
+    if ca_file is None:
+        policy = BrowserLikePolicyForHTTPS()
+    else:
+        policy = BrowserLikePolicyForHTTPS(trustRoot=_load_trust_root(ca_file))
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
+
+
+def _is_stale_connection(error: Exception) -> bool:
+    """Whether a request failed because its connection went away before any response."""
+    if isinstance(error, RequestGenerationFailed):
+        return False
+    return isinstance(error, (ResponseNeverReceived, RequestNotSent, RequestTransmissionFailed))
+
+
+def _corrupt_file(error: Exception) -> Optional[_CorruptFile]:
+    for reason in getattr(error, "reasons", ()):
+        if isinstance(reason, Failure) and reason.check(_CorruptFile):
+            return reason.value
+    return None
+
+
+def _describe(error: Exception) -> str:
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = "; ".join(r.getErrorMessage() if isinstance(r, Failure) else str(r)
+                          for r in reasons)
+        return f"{type(error).__name__}: {inner}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _basic_auth(user_id: str, password: str) -> bytes:
+    token = base64.b64encode(f"{user_id}:{password}".encode("utf-8"))
+    return b"Basic " + token
+
+
+def _ms(value: Any) -> Optional[int]:
+    return None if value is None else datetime_to_ms(value)
+
+
+@attrs.define
+class _ConfigRound:
+    """One configuration's part of a round: what it may still claim and what it learned."""
+
+    config: ExportConfiguration
+    outcome: ExportOutcome
+    remaining: int
+    lock: DeferredLock
+    halted: bool = False
+    claimed: int = 0
+
+
+Body = Union[_BytesBody, _FileBody]
+
+
+class ExporterService(Service):
+    """
+    Pushes every enabled export configuration's tasks to its importer (replication.md).
+
+    `clock` is the reactor (or a `task.Clock` in tests); without `http_client`, the service
+    builds a treq client over its own connection pool on `clock` when it starts and closes the
+    pool when it stops; an injected client belongs to its caller. `counters` holds an
+    `ExportCounters` per configuration id; `rounds` and `round_errors` count rounds and the
+    failures a round caught.
+    """
+
+    name = "exporter"
+
+    def __init__(self, store: Any, clock: IReactorTime, http_client: Any = None, *,
+                 mark_interval: float = 300.0, concurrency: int = 4, batch_size: int = 100,
+                 failure_policy: FailurePolicy = FailurePolicy(),
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 max_round_trips: int = MAX_ROUND_TRIPS, ca_file: Optional[str] = None) -> None:
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        if lease_seconds <= LEASE_MARGIN_SECONDS:
+            raise ValueError(f"lease_seconds must exceed {LEASE_MARGIN_SECONDS:g}")
+        self.store = store
+        self._clock = clock
+        self._http = http_client
+        self._pool: Optional[HTTPConnectionPool] = None
+        self.mark_interval = mark_interval
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.failure_policy = failure_policy
+        self.lease_seconds = lease_seconds
+        self.max_round_trips = max_round_trips
+        self._ca_file = ca_file
+        self.counters: dict[str, ExportCounters] = {}
+        self.rounds = 0
+        self.round_errors = 0
+        self._limiters: dict[str, RateLimiter] = {}
+        self._loop: Optional[LoopingCall] = None
+        self._loop_done: Optional[Deferred[Any]] = None
+        self._in_flight: set[Deferred[Any]] = set()
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        if self._http is None:
+            self._http, self._pool = build_http_client(self._clock, self.concurrency,
+                                                       self._ca_file)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop_done = self._loop.start(self.mark_interval, now=True)
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        for d in list(self._in_flight):
+            d.cancel()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._loop_done is not None:
+            await self._loop_done
+        if self._pool is not None:
+            pool, self._pool, self._http = self._pool, None, None
+            await pool.closeCachedConnections()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    def totals(self) -> ExportCounters:
+        """The counters of every configuration added up."""
+        total = ExportCounters()
+        for counters in self.counters.values():
+            for field in attrs.fields(ExportCounters):
+                setattr(total, field.name,
+                        getattr(total, field.name) + getattr(counters, field.name))
+        return total
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    # rounds
+
+    def _tick(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._rounds())
+        d.addErrback(self._round_failed, None)
+        return d
+
+    def _round_failed(self, failure: Failure, config_id: Optional[str]) -> int:
+        self.round_errors += 1
+        if config_id is None:
+            log.failure("export round failed", failure)
+        else:
+            log.failure("export round failed for config {config_id}", failure,
+                        config_id=config_id)
+        return 0
+
+    async def _rounds(self) -> None:
+        while not self._stopping:
+            self.rounds += 1
+            if not await self._round():
+                return
+
+    async def _round(self) -> int:
+        """One round over every enabled configuration; returns the tasks claimed."""
+        configs = await self.store.get_export_configurations()
+        runs = []
+        for config in configs:
+            if config.enabled:
+                d = Deferred.fromCoroutine(self._config_round(config))
+                runs.append(d.addErrback(self._round_failed, config.config_id))
+        results = await DeferredList(runs, consumeErrors=True)
+        return sum(claimed for ok, claimed in results if ok)
+
+    async def _config_round(self, config: ExportConfiguration) -> int:
+        config_id = config.config_id
+        marked = await self.store.mark_entities_to_export(config)
+        if marked:
+            log.info("export {config_id}: {marked} new tasks", config_id=config_id,
+                     marked=marked)
+        status: Optional[ExportStatus] = await self.store.get_export_status(config_id)
+        if status is None or not status.enabled:
+            return 0
+        now_ms = self._now_ms()
+        deferred_until = _ms(status.deferred_until)
+        if deferred_until is not None and now_ms < deferred_until:
+            return 0
+        if not config.in_window(now_ms):
+            return 0
+        run = _ConfigRound(config=config, outcome=status.outcome(), remaining=self.batch_size,
+                           lock=DeferredLock())
+        self.counters.setdefault(config_id, ExportCounters())
+        workers = [Deferred.fromCoroutine(self._worker(run)) for _ in range(self.concurrency)]
+        results = await DeferredList(workers, consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                self._round_failed(result, config_id)
+        return run.claimed
+
+    async def _worker(self, run: _ConfigRound) -> None:
+        config = run.config
+        while run.remaining > 0 and not run.halted and not self._stopping:
+            if not config.in_window(self._now_ms()):
+                return
+            run.remaining -= 1
+            tasks = await self.store.claim_export_tasks(config.config_id, 1, self.lease_seconds)
+            if not tasks:
+                run.remaining = 0
+                return
+            run.claimed += 1
+            task = tasks[0]
+            try:
+                await self._export(run, task)
+            except Exception:
+                self.round_errors += 1
+                log.failure("export {config_id}: {kind} {entity_id} could not be finished",
+                            config_id=config.config_id, kind=task.kind,
+                            entity_id=task.entity_id)
+
+    # one entity
+
+    async def _export(self, run: _ConfigRound, task: ExportTask) -> None:
+        counters = self.counters[run.config.config_id]
+        counters.attempts += 1
+        lease_end = self._clock.seconds() + self.lease_seconds - LEASE_MARGIN_SECONDS
+        protocol = ExportProtocol(task.kind, task.entity.to_dict(), self.max_round_trips)
+        sent = 0
+        action = protocol.start()
+        try:
+            while not isinstance(action, (Done, EntityFailed, TransportFailed)):
+                try:
+                    code, body, nbytes = await self._carry_out(run, task, action, lease_end)
+                except _EntityProblem as e:
+                    action = EntityFailed(str(e))
+                    break
+                except _TransportProblem as e:
+                    action = protocol.on_transport_error(str(e))
+                    continue
+                sent += nbytes
+                action = protocol.on_reply(code, body)
+        except _Stopping:
+            await self.store.release_export_task(task.task_id)
+            log.info("export {config_id}: {kind} {entity_id} given back, the exporter is "
+                     "stopping", config_id=run.config.config_id, kind=task.kind,
+                     entity_id=task.entity_id)
+            return
+        finally:
+            counters.round_trips += protocol.round_trips
+        if isinstance(action, Done):
+            await self._succeeded(run, task, sent, protocol.round_trips)
+        elif isinstance(action, EntityFailed):
+            await self._entity_failed(run, task, action.reason)
+        else:
+            await self._transport_failed(run, task, action.reason)
+
+    async def _carry_out(self, run: _ConfigRound, task: ExportTask, action: Any,
+                         lease_end: float) -> tuple[int, bytes, int]:
+        """Send what `action` asks for; returns the reply's status, body and bytes sent."""
+        config = run.config
+        if isinstance(action, (SendEntity, SendCachedEntity)):
+            data = json.dumps(action.body, separators=(",", ":")).encode("utf-8")
+            return await self._post_json(run, task, data, lease_end)
+        if isinstance(action, SendStatus):
+            status = await self.store.get_camera_status_by_id(action.status_id)
+            if status is None:
+                raise _EntityProblem(
+                    f"camera status {action.status_id} is not stored on this node")
+            data = json.dumps({"type": "status", "status": status.to_dict()},
+                              separators=(",", ":")).encode("utf-8")
+            return await self._post_json(run, task, data, lease_end)
+        assert isinstance(action, UploadFile)
+        record = _file_record(task, action.file_id)
+        url = f"{config.target_url.rstrip('/')}/data/{action.file_id}/{action.md5}"
+
+        async def open_body(deadline_extend: Callable[[float], None]) -> Body:
+            try:
+                f = await self.store.file_store.open(action.file_id)
+            except FileNotStored:
+                raise _EntityProblem(
+                    f"file {action.file_id} has no bytes on this node") from None
+            size = os.fstat(f.fileno()).st_size
+            if size != record.file_size:
+                f.close()
+                raise _EntityProblem(
+                    f"file {action.file_id} on this node has {size} bytes, its record "
+                    f"{record.file_size}; not sent")
+            return _FileBody(f, record, self._clock, self._limiter(config), deadline_extend)
+
+        code, body = await self._post(run, task, url, b"application/octet-stream", open_body,
+                                      request_timeout(record.file_size), lease_end)
+        return code, body, record.file_size
+
+    async def _post_json(self, run: _ConfigRound, task: ExportTask, data: bytes,
+                         lease_end: float) -> tuple[int, bytes, int]:
+        async def open_body(deadline_extend: Callable[[float], None]) -> Body:
+            return _BytesBody(data)
+
+        code, body = await self._post(run, task, run.config.target_url, b"application/json",
+                                      open_body, request_timeout(), lease_end)
+        return code, body, len(data)
+
+    async def _post(self, run: _ConfigRound, task: ExportTask, url: str, content_type: bytes,
+                    open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
+                    timeout: float, lease_end: float) -> tuple[int, bytes]:
+        """POST with a timeout, once more if the connection was lost before any response."""
+        try:
+            return await self._exchange(run, url, content_type, open_body, timeout, lease_end)
+        except _StaleConnection as e:
+            self.counters[run.config.config_id].retried_requests += 1
+            log.info("export {config_id}: {kind} {entity_id}: {reason}; sending again",
+                     config_id=run.config.config_id, kind=task.kind, entity_id=task.entity_id,
+                     reason=str(e))
+        try:
+            return await self._exchange(run, url, content_type, open_body, timeout, lease_end)
+        except _StaleConnection as e:
+            raise _TransportProblem(str(e)) from None
+
+    async def _exchange(self, run: _ConfigRound, url: str, content_type: bytes,
+                        open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
+                        timeout: float, lease_end: float) -> tuple[int, bytes]:
+        if self._stopping:
+            raise _Stopping()
+        config = run.config
+        deadlines: list[_Deadline] = []
+        body = await open_body(lambda seconds: deadlines[0].extend(seconds))
+        if self._stopping:
+            if isinstance(body, _FileBody):
+                body.close()
+            raise _Stopping()
+        deadline = _Deadline(self._clock, timeout, lease_end)
+        deadlines.append(deadline)
+        headers = {b"Content-Type": [content_type],
+                   b"Authorization": [_basic_auth(config.user_id, config.password)]}
+
+        async def round_trip() -> tuple[int, bytes]:
+            response = await self._http.post(url, data=body, headers=headers)
+            return response.code, await _read_reply(response)
+
+        d = Deferred.fromCoroutine(round_trip())
+        deadline.watched = d
+        self._in_flight.add(d)
+        try:
+            return await d
+        except Exception as e:
+            if deadline.expired == "lease":
+                raise _EntityProblem(
+                    f"the task's lease of {self.lease_seconds:g} s ran out before the "
+                    f"export finished") from None
+            if deadline.expired == "timeout":
+                raise _TransportProblem(
+                    f"no complete reply within {deadline.timeout:g} s") from None
+            if self._stopping:
+                raise _Stopping() from None
+            corrupt = _corrupt_file(e)
+            if corrupt is not None:
+                raise _EntityProblem(str(corrupt)) from None
+            if isinstance(e, CancelledError):
+                raise
+            if _is_stale_connection(e):
+                raise _StaleConnection(
+                    f"connection lost before any response ({_describe(e)})") from None
+            raise _TransportProblem(_describe(e)) from None
+        finally:
+            deadline.cancel()
+            self._in_flight.discard(d)
+            if isinstance(body, _FileBody):
+                body.close()
+
+    def _limiter(self, config: ExportConfiguration) -> Optional[RateLimiter]:
+        rate = config.max_bytes_per_second
+        if rate is None:
+            self._limiters.pop(config.config_id, None)
+            return None
+        limiter = self._limiters.get(config.config_id)
+        if limiter is None or limiter.rate != rate:
+            limiter = self._limiters[config.config_id] = RateLimiter(rate)
+        return limiter
+
+    # outcomes
+
+    async def _succeeded(self, run: _ConfigRound, task: ExportTask, sent: int,
+                         round_trips: int) -> None:
+        config_id = run.config.config_id
+        counters = self.counters[config_id]
+        await self.store.complete_export_task(task.task_id, sent)
+        counters.successes += 1
+        counters.bytes_sent += sent
+        log.debug("export {config_id}: {kind} {entity_id} complete after {round_trips} round "
+                  "trips, {sent} bytes", config_id=config_id, kind=task.kind,
+                  entity_id=task.entity_id, round_trips=round_trips, sent=sent)
+        async with run.lock:
+            if run.outcome.consecutive_failures == 0:
+                return
+            status = await self.store.get_export_status(config_id)
+            if status is None:
+                return
+            account = FailureAccount(status.consecutive_failures,
+                                     _ms(status.deferred_until)).success()
+            outcome = attrs.evolve(status.outcome(),
+                                   consecutive_failures=account.consecutive_failures,
+                                   last_success=None, last_error=None)
+            await self.store.record_export_outcome(config_id, outcome)
+            run.outcome = outcome
+            log.info("export {config_id}: importer reachable again, failure count reset",
+                     config_id=config_id)
+
+    async def _entity_failed(self, run: _ConfigRound, task: ExportTask, reason: str) -> None:
+        config_id = run.config.config_id
+        self.counters[config_id].entity_failures += 1
+        await self.store.fail_export_task(task.task_id, reason)
+        log.warn("export {config_id}: {kind} {entity_id} failed: {reason}",
+                 config_id=config_id, kind=task.kind, entity_id=task.entity_id, reason=reason)
+
+    async def _transport_failed(self, run: _ConfigRound, task: ExportTask, reason: str) -> None:
+        config_id = run.config.config_id
+        self.counters[config_id].transport_failures += 1
+        run.halted = True
+        async with run.lock:
+            now_ms = self._now_ms()
+            status = await self.store.get_export_status(config_id)
+            if status is None:
+                await self.store.release_export_task(task.task_id)
+                return
+            account = FailureAccount(status.consecutive_failures, _ms(status.deferred_until))
+            decision = account.transport_failure(self.failure_policy, reason, now_ms)
+            if decision.counted:
+                outcome = attrs.evolve(
+                    status.outcome(),
+                    consecutive_failures=decision.account.consecutive_failures,
+                    deferred_until=ms_to_datetime(decision.defer_until_ms),
+                    enabled=status.enabled and not decision.disable,
+                    disabled_reason=decision.reason if decision.disable
+                    else status.disabled_reason,
+                    last_error=reason, last_success=None)
+                await self.store.record_export_outcome(config_id, outcome)
+                run.outcome = outcome
+            await self.store.release_export_task(task.task_id)
+            await self.store.defer_export_tasks(
+                config_id, max(0.0, (decision.defer_until_ms - now_ms) / 1000))
+        if decision.disable:
+            log.error("export {config_id} disabled: {reason}", config_id=config_id,
+                      reason=decision.reason)
+        elif decision.counted:
+            log.warn("export {config_id}: {kind} {entity_id}: transport failure "
+                     "{failures} of {limit} ({reason}); tasks deferred until {until}",
+                     config_id=config_id, kind=task.kind, entity_id=task.entity_id,
+                     failures=decision.account.consecutive_failures,
+                     limit=self.failure_policy.max_failures_before_disable, reason=reason,
+                     until=ms_to_datetime(decision.defer_until_ms).isoformat())
+        else:
+            log.info("export {config_id}: {kind} {entity_id}: transport failure during the "
+                     "same outage ({reason})", config_id=config_id, kind=task.kind,
+                     entity_id=task.entity_id, reason=reason)
+
+
+def _file_record(task: ExportTask, file_id: str) -> FileRecord:
+    files = task.entity.files if task.kind == "event" else (task.entity,)
+    for record in files:
+        if record.file_id == file_id:
+            return record
+    raise _EntityProblem(f"file {file_id} is not part of this entity")
+
+
+def make_exporter_service(config: Any, store: Any, reactor: Any) -> ExporterService:
+    """The exporter as `[exporter]` of `config` describes it, for `make_service`."""
+    section = config.exporter
+    return ExporterService(
+        store, reactor,
+        mark_interval=section.mark_interval,
+        concurrency=section.concurrency,
+        batch_size=section.batch_size,
+        failure_policy=FailurePolicy(
+            defer_on_failure=section.defer_on_failure,
+            max_failures_before_disable=section.max_failures_before_disable),
+    )
