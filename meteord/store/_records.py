@@ -69,7 +69,7 @@ from meteord.model import (
     parse_id,
 )
 from meteord.store import _search
-from meteord.store._sql import Operation, Query, Result
+from meteord.store._sql import Operation, Query, Result, read_only
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -198,9 +198,9 @@ def _nsstring(text: str) -> NSString:
     return NSString.parse(text)
 
 
-@functools.lru_cache(maxsize=None)
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(field.name for field in attrs.fields(cls))
+_new = object.__new__
+_set = object.__setattr__
+_FIELD_COUNTS: dict[type, int] = {}
 
 
 def _stored(cls: type[T], **values: Any) -> T:
@@ -210,9 +210,14 @@ def _stored(cls: type[T], **values: Any) -> T:
     them again cost most of the time of a search. Every field must be given, in the form the
     constructor would have made (tuples, aware UTC datetimes, NSStrings, floats).
     """
-    entity = object.__new__(cls)
-    for name in _field_names(cls):
-        object.__setattr__(entity, name, values[name])
+    entity = _new(cls)
+    for name, value in values.items():
+        _set(entity, name, value)
+    count = _FIELD_COUNTS.get(cls)
+    if count is None:
+        count = _FIELD_COUNTS[cls] = len(attrs.fields(cls))
+    if len(values) != count:
+        raise TypeError(f"{cls.__name__} has {count} fields, {len(values)} given")
     return entity
 
 
@@ -414,7 +419,7 @@ def _read_events(chosen: str, params: Sequence[Any]) -> Operation[tuple[list[Eve
     with their files and the meta of both, and the ``total`` column of the first (None when
     none was selected): one statement.
     """
-    rows = yield Query(_EVENT_DETAILS.format(chosen=chosen), params)
+    rows = yield Query(_details_sql(chosen), params)
     chosen_rows = []
     links: dict[int, list[tuple[int, int]]] = defaultdict(list)
     file_rows: dict[int, Sequence[Any]] = {}
@@ -454,23 +459,33 @@ def _read_events(chosen: str, params: Sequence[Any]) -> Operation[tuple[list[Eve
     return events, (chosen_rows[0][-1] if chosen_rows else None)
 
 
+@functools.lru_cache(maxsize=256)
+def _details_sql(chosen: str) -> str:
+    """The statement reading the events ``chosen`` selects (cached: one object per text)."""
+    return _EVENT_DETAILS.format(chosen=chosen)
+
+
 def _first(item: tuple[Any, ...]) -> Any:
     return item[0]
 
 
+@read_only
 def _get_file(file_id: str) -> Operation[Optional[FileRecord]]:
     rows = yield Query(f"SELECT {_FILE_SELECT} FROM files f WHERE f.file_id = ?", (file_id,))
     records = yield from _files_from_rows(rows)
     return records[0] if records else None
 
 
+_EVENT_BY_ID = f"SELECT {_EVENT_SELECT}, CAST(NULL AS BIGINT) FROM events e WHERE e.event_id = ?"
+
+
+@read_only
 def _get_event(event_id: str) -> Operation[Optional[Event]]:
-    events, _ = yield from _read_events(
-        f"SELECT {_EVENT_SELECT}, CAST(NULL AS BIGINT) FROM events e WHERE e.event_id = ?",
-        (event_id,))
+    events, _ = yield from _read_events(_EVENT_BY_ID, (event_id,))
     return events[0] if events else None
 
 
+@read_only
 def _exists(table: str, column: str, value: str) -> Operation[bool]:
     rows = yield Query(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,))
     return bool(rows)
@@ -489,6 +504,7 @@ def _search_page(search: Any, columns: str) -> Operation[tuple[list[Sequence[Any
     return [], count
 
 
+@read_only
 def _search_events(search: EventSearch) -> Operation[tuple[list[Event], int]]:
     events, count = yield from _read_events(*_search.page_query(search, _EVENT_SELECT))
     if events:
@@ -500,6 +516,7 @@ def _search_events(search: EventSearch) -> Operation[tuple[list[Event], int]]:
     return [], count
 
 
+@read_only
 def _search_files(search: FileRecordSearch) -> Operation[tuple[list[FileRecord], int]]:
     rows, count = yield from _search_page(search, _FILE_SELECT)
     records = yield from _files_from_rows(rows)
@@ -509,6 +526,7 @@ def _search_files(search: FileRecordSearch) -> Operation[tuple[list[FileRecord],
 # Statuses
 
 
+@read_only
 def _status_id_in_force(camera_id: str, at_ms: int) -> Operation[Optional[str]]:
     """The status in force for the camera at that time: latest valid_from, then newest."""
     rows = yield Query(
@@ -519,12 +537,14 @@ def _status_id_in_force(camera_id: str, at_ms: int) -> Operation[Optional[str]]:
     return rows[0][0] if rows else None
 
 
+@read_only
 def _status_by_id(status_id: str) -> Operation[Optional[CameraStatus]]:
     rows = yield Query(
         f"SELECT {_STATUS_SELECT} FROM camera_status s WHERE s.status_id = ?", (status_id,))
     return _status_from_row(rows[0]) if rows else None
 
 
+@read_only
 def _status_in_force(camera_id: str, at_ms: int) -> Operation[Optional[CameraStatus]]:
     status_id = yield from _status_id_in_force(camera_id, at_ms)
     if status_id is None:
@@ -532,6 +552,7 @@ def _status_in_force(camera_id: str, at_ms: int) -> Operation[Optional[CameraSta
     return (yield from _status_by_id(status_id))
 
 
+@read_only
 def _cameras() -> Operation[list[str]]:
     rows = yield Query("SELECT DISTINCT camera_id FROM camera_status")
     return sorted(row[0] for row in rows)

@@ -7,19 +7,27 @@ query. So operations share SQL text and logic, while neither driver blocks the r
 
 SQL is written with ``?`` placeholders and no ``%`` characters other than the modulo
 operator; the PostgreSQL driver rewrites both for psycopg2.
+
+Operations marked `read_only` run on PostgreSQL outside an explicit transaction, each
+statement as a server-side prepared statement of the connection. That costs nothing in
+consistency: under PostgreSQL's default READ COMMITTED isolation every statement sees its own
+snapshot inside a transaction too, and the read operations that matter for speed are one
+statement each. It saves the BEGIN and COMMIT round trips and the planning of every statement.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sqlite3
+from collections import OrderedDict
 from importlib.resources import files
-from typing import Any, Callable, Generator, Sequence, TypeVar
+from typing import Any, Callable, Generator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from meteord.errors import ConstraintViolation, SchemaTooNew, StoreUnavailable
@@ -46,6 +54,17 @@ class Result(list):
 
 Operation = Generator[Query, Result, T]
 
+OperationFunction = TypeVar("OperationFunction", bound=Callable[..., Any])
+
+
+def read_only(operation: OperationFunction) -> OperationFunction:
+    """
+    Mark an operation that never writes (and takes no locks), so that the PostgreSQL driver may
+    run it without an explicit transaction and with prepared statements.
+    """
+    operation.read_only = True  # type: ignore[attr-defined]
+    return operation
+
 
 @attrs.frozen
 class Dialect:
@@ -61,6 +80,59 @@ POSTGRESQL = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
 
 def _postgres_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+# Prepared statements kept per connection; the least recently used is deallocated beyond this.
+_PREPARED_PER_CONNECTION = 200
+
+
+class _PreparedStatements:
+    """
+    The statements one PostgreSQL session has prepared, by SQL text, least recently used
+    first. `statement` turns a query into the text to send: ``EXECUTE`` of a known statement,
+    or ``PREPARE`` and ``EXECUTE`` in one round trip the first time. Names are never reused,
+    so a statement forgotten after an error can never be confused with a later one.
+    """
+
+    def __init__(self, size: int = _PREPARED_PER_CONNECTION) -> None:
+        self._size = size
+        self._names: OrderedDict[str, Optional[str]] = OrderedDict()
+        self._numbers = itertools.count(1)
+
+    def statement(self, sql: str, count: int) -> tuple[Optional[str], bool]:
+        """
+        The psycopg2 text running ``sql`` (with ``count`` ``?`` placeholders) as a prepared
+        statement, and whether it prepares it; None when it is not to be prepared.
+        """
+        if sql in self._names:
+            self._names.move_to_end(sql)
+            name = self._names[sql]
+            if name is None:
+                return None, False
+            return f"EXECUTE {name}{_execute_arguments(count)}", False
+        name = f"meteord_{next(self._numbers)}"
+        prefix = ""
+        if len(self._names) >= self._size:
+            _, old = self._names.popitem(last=False)
+            if old is not None:
+                prefix = f"DEALLOCATE {old}; "
+        self._names[sql] = name
+        numbers = itertools.count(1)
+        numbered = re.sub(r"\?", lambda _: f"${next(numbers)}", sql.replace("%", "%%"))
+        return (f"{prefix}PREPARE {name} AS {numbered}; "
+                f"EXECUTE {name}{_execute_arguments(count)}"), True
+
+    def forget(self, sql: str) -> None:
+        """Prepare ``sql`` afresh next time (its statement may be gone after an error)."""
+        self._names.pop(sql, None)
+
+    def refuse(self, sql: str) -> None:
+        """Run ``sql`` unprepared from now on: the server would not prepare it."""
+        self._names[sql] = None
+
+
+def _execute_arguments(count: int) -> str:
+    return f" ({', '.join(['%s'] * count)})" if count else ""
 
 
 class SQLiteDatabase:
@@ -162,6 +234,7 @@ class PostgresDatabase:
     dialect = POSTGRESQL
 
     def __init__(self, url: str, pool_size: int, reactor: Any = None) -> None:
+        import psycopg2
         from txpostgres import reconnection, txpostgres
 
         if reactor is None:
@@ -178,12 +251,80 @@ class PostgresDatabase:
         def connection_died(failure: Any) -> bool:
             return not self._closed and reconnection.defaultDeathChecker(failure)
 
+        class _Connection(txpostgres.Connection):
+            """A connection that can run an interaction outside a transaction."""
+
+            statements = _PreparedStatements()
+
+            def connect(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+                # Prepared statements belong to the server session, which ends with the
+                # connection: a reconnected one starts without any.
+                self.statements = _PreparedStatements()
+                return super().connect(*args, **kwargs)
+
+            def runWithoutTransaction(self, interaction: Callable[..., Any],
+                                      *args: Any) -> Deferred[Any]:
+                # _doit is what runInteraction goes through: the connection's lock and the
+                # dead connection detector.
+                return self._doit(lambda: interaction(self.cursor(), self.statements, *args))
+
+            def doRead(self) -> Any:
+                # An idle connection whose server went away: hand the error to the reactor as
+                # the reason the connection was lost (the detector then reconnects) instead of
+                # raising it, which the reactor would log as an unhandled error.
+                try:
+                    return super().doRead()
+                except psycopg2.OperationalError as e:
+                    return e
+
+        class _Detector(reconnection.DeadConnectionDetector):
+            """
+            Reconnects a dead connection with growing delays on the reactor's clock. Unlike
+            txpostgres's own retrying (which cannot be cancelled while a connection attempt
+            is under way), a pending attempt is a plain delayed call that `stop` cancels.
+            """
+
+            _pending: Any = None
+            _delays: Any = iter(())
+
+            def startReconnecting(self, f: Any) -> None:
+                self._delays = reconnection_delays()
+                self._schedule()
+
+            def _schedule(self, _: Any = None) -> None:
+                delay = next(self._delays, None)
+                if delay is not None:
+                    self._pending = self.reactor.callLater(delay, self._attempt)
+
+            def _attempt(self) -> None:
+                self._pending = None
+                d = maybeDeferred(self.reconnect)
+                d.addCallbacks(lambda _: self.connectionRecovered(), self._schedule)
+
+            def stop(self) -> None:
+                if self._pending is not None and self._pending.active():
+                    self._pending.cancel()
+
+        detectors = self._detectors = []
+
         class _Pool(txpostgres.ConnectionPool):
             def connectionFactory(self, pool_reactor: Any, cooperator: Any) -> Any:
-                detector = reconnection.DeadConnectionDetector(
+                detector = _Detector(
                     deathChecker=connection_died, reconnectionIterator=reconnection_delays,
                     reactor=pool_reactor)
-                return txpostgres.Connection(pool_reactor, cooperator, detector=detector)
+                detectors.append(detector)
+                return _Connection(pool_reactor, cooperator, detector=detector)
+
+            def runWithoutTransaction(self, interaction: Callable[..., Any],
+                                      *args: Any) -> Deferred[Any]:
+                """Like runInteraction, without BEGIN and COMMIT."""
+                return self._semaphore.run(self._runWithoutTransaction, interaction, *args)
+
+            def _runWithoutTransaction(self, interaction: Callable[..., Any],
+                                       *args: Any) -> Deferred[Any]:
+                connection = self.connections.pop()
+                d = connection.runWithoutTransaction(interaction, *args)
+                return d.addBoth(self._putBackAndPassthrough, connection)
 
         _Pool.reactor = reactor
         self._pool = _Pool(None, min=pool_size, **postgres_connect_kwargs(url))
@@ -195,10 +336,51 @@ class PostgresDatabase:
         return d.addErrback(_translate_failure)
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
-        """Run ``operation(*args)`` in one transaction on a pooled connection."""
-        d = self._pool.runInteraction(
-            lambda cursor: Deferred.fromCoroutine(self._drive(cursor, operation, args)))
+        """
+        Run ``operation(*args)`` in one transaction on a pooled connection, or, if it is
+        `read_only`, with prepared statements and no explicit transaction.
+        """
+        if getattr(operation, "read_only", False):
+            d = self._pool.runWithoutTransaction(
+                lambda cursor, statements: Deferred.fromCoroutine(
+                    self._drive_prepared(cursor, statements, operation, args)))
+        else:
+            d = self._pool.runInteraction(
+                lambda cursor: Deferred.fromCoroutine(self._drive(cursor, operation, args)))
         return d.addErrback(_translate_failure)
+
+    @staticmethod
+    async def _drive_prepared(cursor: Any, statements: _PreparedStatements,
+                              operation: Callable[..., Operation[T]], args: tuple) -> T:
+        import psycopg2
+
+        generator = operation(*args)
+        try:
+            query = next(generator)
+            while True:
+                if query.many:
+                    raise TypeError("a read-only operation cannot run executemany queries")
+                params = tuple(query.params)
+                text, preparing = statements.statement(query.sql, len(params))
+                try:
+                    await cursor.execute(text or _postgres_sql(query.sql), params)
+                except psycopg2.ProgrammingError:
+                    if not preparing:
+                        statements.forget(query.sql)
+                        raise
+                    # The server would not prepare it (it cannot infer a parameter's type,
+                    # say): run it as it is, now and from now on. Reads have no side effects,
+                    # so running the statement again is safe.
+                    statements.refuse(query.sql)
+                    await cursor.execute(_postgres_sql(query.sql), params)
+                except Exception:
+                    statements.forget(query.sql)
+                    raise
+                result = Result(cursor.fetchall() if cursor.description else ())
+                result.rowcount = cursor.rowcount
+                query = generator.send(result)
+        except StopIteration as stop:
+            return stop.value
 
     @staticmethod
     async def _drive(cursor: Any, operation: Callable[..., Operation[T]], args: tuple) -> T:
@@ -226,6 +408,8 @@ class PostgresDatabase:
     def close(self) -> None:
         """Close every connection; connections that died are not reconnected any more."""
         self._closed = True
+        for detector in self._detectors:
+            detector.stop()
         self._pool.close()
 
 
