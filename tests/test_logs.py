@@ -1,0 +1,100 @@
+"""
+Tests for meteord.logs and the start-up line: the level filter, text and JSON-lines output,
+and a start-up line that names what the node runs with (the database password masked).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.internet import reactor
+from twisted.logger import Logger, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from meteord.config import load_config
+from meteord.logs import make_log_observer
+from meteord.service import make_service
+
+
+def config_with(data_dir: str, **logging: str):
+    options = {("node", "data_dir"): data_dir}
+    options.update({("logging", key): value for key, value in logging.items()})
+    return load_config(environ={}, options=options)
+
+
+class LogObserverTests(SynchronousTestCase):
+    def emit(self, config) -> str:
+        stream = io.StringIO()
+        log = Logger(namespace="meteord.test", observer=make_log_observer(config, stream))
+        log.debug("quiet {n}", n=1)
+        log.info("said {n}", n=2)
+        log.error("bad {n}", n=3)
+        return stream.getvalue()
+
+    def test_text_at_info_leaves_out_debug(self) -> None:
+        text = self.emit(config_with(self.mktemp()))
+        self.assertNotIn("quiet 1", text)
+        self.assertIn("said 2", text)
+        self.assertIn("bad 3", text)
+
+    def test_level_error_keeps_only_errors(self) -> None:
+        text = self.emit(config_with(self.mktemp(), level="error"))
+        self.assertNotIn("said 2", text)
+        self.assertIn("bad 3", text)
+
+    def test_json_is_one_object_per_line(self) -> None:
+        text = self.emit(config_with(self.mktemp(), format="json", level="debug"))
+        lines = text.splitlines()
+        self.assertEqual(len(lines), 3)
+        events = [json.loads(line) for line in lines]
+        self.assertEqual([e["n"] for e in events], [1, 2, 3])
+        self.assertEqual(events[2]["log_level"]["name"], "error")
+
+    def test_log_file(self) -> None:
+        path = self.mktemp()
+        config = config_with(self.mktemp(), path=path)
+        observer = make_log_observer(config)
+        Logger(observer=observer).info("to the file")
+        with open(path) as f:
+            self.assertIn("to the file", f.read())
+
+
+class StartupLineTests(TestCase):
+    async def test_startup_line_names_the_essentials(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        config = load_config(environ={}, ephemeral_ports=True, options={
+            ("node", "data_dir"): self.mktemp(),
+            ("http", "endpoint"): "tcp:0:interface=127.0.0.1",
+            ("discovery", "enabled"): "false",
+            ("exporter", "enabled"): "false",
+        })
+        node = make_service(config, reactor)
+        node.startService()
+        await node.getServiceNamed("http").when_listening()
+        await node.stopService()
+        (line,) = [e for e in events if "starting" in e.get("log_format", "")]
+        self.assertEqual(line["version"], "0.1.0")
+        self.assertIn("option", line["sources"])
+        self.assertEqual(line["database"], config.database.url)
+        self.assertEqual(line["endpoint"], "tcp:0:interface=127.0.0.1")
+        self.assertEqual(line["components"], "store, http")
+
+    def test_database_password_is_masked(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        config = load_config(environ={}, options={
+            ("node", "data_dir"): self.mktemp(),
+            ("database", "url"): "postgresql://meteor:hunter2@127.0.0.1:1/meteord",
+            ("http", "endpoint"): "none",
+            ("discovery", "enabled"): "false",
+            ("exporter", "enabled"): "false",
+        })
+        node = make_service(config, reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        (line,) = [e for e in events if "starting" in e.get("log_format", "")]
+        self.assertEqual(line["database"], "postgresql://meteor:***@127.0.0.1:1/meteord")
