@@ -1,7 +1,7 @@
 """
 Idle memory of a whole node: starts ``twistd -n meteord`` (every component on, an empty SQLite
 store in a temporary directory), waits until ``/api/healthz`` answers, lets it settle, and
-prints its resident set size from /proc together with the modules that cost most to import.
+prints its resident set size from /proc, then how much memory each group of imports adds.
 
     .venv/bin/python bench/rss.py
 """
@@ -32,22 +32,32 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def import_costs(top: int = 12) -> list[tuple[int, str]]:
-    """Cumulative import time per top-level package, from ``python -X importtime``."""
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c",
-         "import meteord.tap, meteord.service, meteord.store.sql, meteord.protocols.discovery"],
-        capture_output=True, text=True, check=True)
-    costs: dict[str, int] = {}
-    for line in result.stderr.splitlines():
-        parts = line.split("|")
-        if len(parts) != 3 or not parts[1].strip().isdigit():
-            continue
-        name = parts[2].strip()
-        if name.startswith(" "):
-            continue
-        costs[name.split(".")[0]] = costs.get(name.split(".")[0], 0) + int(parts[0].split(":")[1])
-    return sorted(((v, k) for k, v in costs.items()), reverse=True)[:top]
+IMPORT_STEPS = [
+    ("python", ""),
+    ("twisted reactor + twisted.web", "import twisted.internet.reactor, twisted.web.server"),
+    ("klein + werkzeug", "import klein"),
+    ("treq (+ cryptography, pyOpenSSL)", "import treq"),
+    ("argon2", "import argon2"),
+    ("meteord store + web", "import meteord.service, meteord.store.sql, meteord.web.query,"
+                             " meteord.web.admin, meteord.web.importer"),
+    ("meteord discovery + exporter", "import meteord.protocols.discovery, meteord.exporter.service"),
+    ("psycopg2 + txpostgres (PostgreSQL only)", "import psycopg2, txpostgres.txpostgres"),
+]
+
+
+def import_costs() -> list[tuple[str, float]]:
+    """Resident memory added by each group of imports, in one fresh interpreter, in order."""
+    script = "\n".join(
+        [f"{code}\nprint(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+         for _, code in IMPORT_STEPS])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    readings = [int(line) for line in result.stdout.split()]
+    costs, previous = [], 0
+    for (name, _), reading in zip(IMPORT_STEPS, readings):
+        costs.append((name, (reading - previous) / 1024))
+        previous = reading
+    return costs
 
 
 def main() -> None:
@@ -76,9 +86,9 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(30)
-    print("largest imports (self time, microseconds, by top-level package):")
-    for micros, name in import_costs():
-        print(f"  {name:24s} {micros:>8d}")
+    print("resident memory added by each group of imports (MiB):")
+    for name, mib in import_costs():
+        print(f"  {name:42s} {mib:6.1f}")
 
 
 if __name__ == "__main__":
