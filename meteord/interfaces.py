@@ -251,3 +251,18 @@ class IMeteorStore(Interface):
 
     def clear_database():
         """Delete everything, the file store's files included. -> None"""
+
+
+class INodeRegistryStore(Interface):
+    """Where the discovery registry survives restarts."""
+
+    def save_node(node):
+        """
+        Insert or replace one node, keyed by its C{node_id}.
+
+        @param node: the shape of C{GET /api/nodes} entries plus C{"interval"} (seconds).
+        @return: a Deferred firing with None.
+        """
+
+    def load_nodes():
+        """Every saved node, in the shape given to L{save_node}. @return: Deferred[list[dict]]"""

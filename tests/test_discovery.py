@@ -28,6 +28,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import meteord
+from meteord.interfaces import INodeRegistryStore
 from meteord.protocols.beacon import (
     DEFAULT_PORT,
     KIND_ANNOUNCE,
@@ -46,7 +47,6 @@ from meteord.protocols.discovery import (
     DiscoveryCounters,
     DiscoveryProtocol,
     DiscoveryService,
-    INodeRegistryStore,
     MemoryNodeRegistryStore,
     NodeIdentity,
     parse_target,

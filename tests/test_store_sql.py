@@ -1,15 +1,20 @@
 """
 Tests of the store's SQL foundation on both databases: migrations create the schema once and
-refuse a newer database, transactions roll back as a whole, driver errors come out typed.
+refuse a newer database, transactions roll back as a whole, driver errors come out typed; and
+the store provides every interface it claims (the discovery registry's suite runs on it too).
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
+from zope.interface.verify import verifyObject
+
 from meteord.errors import ConstraintViolation, SchemaTooNew
+from meteord.interfaces import IFileStore, IMeteorStore
 from meteord.store._sql import Query, migrate, migrations
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
+from tests.test_discovery import NodeRegistryStoreTestsMixin
 
 
 def _version():
@@ -67,4 +72,22 @@ class SQLiteFoundationTests(SQLiteStoreMixin, SQLFoundationTests, TestCase):
 
 
 class PostgresFoundationTests(PostgresStoreMixin, SQLFoundationTests, TestCase):
+    pass
+
+
+class InterfaceTests:
+    def test_provides_the_store_interfaces(self) -> None:
+        self.assertTrue(verifyObject(IMeteorStore, self.store))
+        self.assertTrue(verifyObject(IFileStore, self.store.file_store))
+
+    def make_store(self):
+        return self.store
+
+
+class SQLiteInterfaceTests(SQLiteStoreMixin, InterfaceTests, NodeRegistryStoreTestsMixin, TestCase):
+    pass
+
+
+class PostgresInterfaceTests(PostgresStoreMixin, InterfaceTests, NodeRegistryStoreTestsMixin,
+                             TestCase):
     pass

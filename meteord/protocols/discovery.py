@@ -43,9 +43,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from meteord import __version__
+from meteord.interfaces import INodeRegistryStore
 from meteord.protocols.beacon import (
     DEFAULT_PORT,
     KIND_ANNOUNCE,
@@ -66,20 +67,6 @@ PROBE_REPLY_GAP = 1.0
 #: Seconds between two debug log lines about the same kind of problem.
 LOG_PERIOD = 60.0
 _PROBE_TABLE_LIMIT = 1024
-
-
-class INodeRegistryStore(Interface):
-    """Where the discovery registry survives restarts."""
-
-    def save_node(node: dict[str, Any]) -> Deferred[None]:
-        """
-        Insert or replace one node, keyed by its C{node_id}.
-
-        @param node: the shape of C{GET /api/nodes} entries plus C{"interval"} (seconds).
-        """
-
-    def load_nodes() -> Deferred[list[dict[str, Any]]]:
-        """Every saved node, in the shape given to L{save_node}."""
 
 
 @implementer(INodeRegistryStore)

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from meteord.interfaces import IMeteorStore
+from meteord.interfaces import IMeteorStore, INodeRegistryStore
 from meteord.model import ms_to_datetime
 from meteord.store._accounts import AccountOperations
 from meteord.store._records import RecordOperations
@@ -27,7 +27,7 @@ T = TypeVar("T")
 CHECK_TIMEOUT_SECONDS = 5.0
 
 
-@implementer(IMeteorStore)
+@implementer(IMeteorStore, INodeRegistryStore)
 class SQLStore(RecordOperations, AccountOperations):
     """
     The store: ``database`` is a `SQLiteDatabase` or `PostgresDatabase`; ``default_camera_id``
