@@ -11,7 +11,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.test.requesthelper import DummyRequest
 
 from meteord.web.auth import Authenticator
@@ -119,6 +119,21 @@ class CacheTests(WebTestCase):
         self.clock.advance(0.2)
         await self.login()
         self.assertEqual(self.counting.calls, 2)
+
+    async def test_concurrent_logins_share_one_check(self) -> None:
+        logins = [Deferred.fromCoroutine(self.login()) for _ in range(16)]
+        users = await gatherResults(logins)
+        self.assertEqual({u.user_id for u in users}, {"alice"})
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_concurrent_wrong_logins_share_one_failure(self) -> None:
+        logins = [Deferred.fromCoroutine(self.login("wrong")) for _ in range(5)]
+        for login in logins:
+            with self.assertRaises(APIError) as raised:
+                await login
+            self.assertEqual(raised.exception.status, 401)
+        self.assertEqual(self.counting.calls, 1)
+        self.assertEqual(self.auth.delay_for("192.0.2.7"), 0.0)
 
     async def test_wrong_password_is_not_answered_from_the_cache(self) -> None:
         await self.login()

@@ -6,12 +6,13 @@ the discovery registry.
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timezone
 
 import attrs
 from argon2 import PasswordHasher
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -27,7 +28,9 @@ from meteord.model import (
     new_id,
 )
 from meteord.store import _passwords
+from meteord.store import sql as store_sql
 from meteord.store._sql import Query
+from meteord.store.sql import CPU_WORK_CONCURRENCY, build_store
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
 
 NOW_MS = 1_700_000_000_000
@@ -563,3 +566,25 @@ class SQLiteExportTaskTests(ExportTaskTests, SQLiteStoreMixin, TestCase):
 
 class PostgresExportTaskTests(ExportTaskTests, PostgresStoreMixin, TestCase):
     pass
+
+
+class PasswordWorkTests(TestCase):
+    """Password checks queue for the thread pool instead of all running at once."""
+
+    async def test_at_most_two_password_computations_at_once(self) -> None:
+        store = build_store("sqlite:///" + os.path.abspath(self.mktemp()), self.mktemp())
+        self.addCleanup(store.close)
+        started: list[Deferred] = []
+
+        def held(reactor, pool, f, *args):
+            started.append(Deferred())
+            return started[-1]
+
+        self.patch(store_sql, "deferToThreadPool", held)
+        work = [store.in_thread(len, "x") for _ in range(5)]
+        self.assertEqual(len(started), CPU_WORK_CONCURRENCY)
+        for finished in range(5):
+            running = [d for d in started if not d.called]
+            self.assertLessEqual(len(running), CPU_WORK_CONCURRENCY)
+            running[0].callback(finished)
+        self.assertEqual(await gatherResults(work), [0, 1, 2, 3, 4])

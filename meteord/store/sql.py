@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
@@ -25,6 +25,7 @@ from meteord.store.files import FileStore
 T = TypeVar("T")
 
 CHECK_TIMEOUT_SECONDS = 5.0
+CPU_WORK_CONCURRENCY = 2
 
 
 @implementer(IMeteorStore, INodeRegistryStore)
@@ -42,6 +43,7 @@ class SQLStore(RecordOperations, AccountOperations):
         self.default_camera_id = default_camera_id
         self.clock: IReactorTime = reactor
         self._reactor = reactor
+        self._cpu_work = DeferredSemaphore(CPU_WORK_CONCURRENCY)
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
         """
@@ -52,8 +54,13 @@ class SQLStore(RecordOperations, AccountOperations):
         return _shielded(self.database.run(operation, *args))
 
     def in_thread(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run CPU-heavy work (password hashing) on the reactor's thread pool."""
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+        """
+        Run CPU-heavy work (password hashing) on the reactor's thread pool, at most
+        ``CPU_WORK_CONCURRENCY`` at a time: each argon2 check holds 19 MiB while it runs, so a
+        burst of first logins must queue rather than multiply the node's memory.
+        """
+        return self._cpu_work.run(
+            deferToThreadPool, self._reactor, self._reactor.getThreadPool(), f, *args)
 
     def now(self) -> datetime:
         """The clock's time as an aware UTC datetime with millisecond precision."""

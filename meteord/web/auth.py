@@ -22,7 +22,9 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict, deque
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.iweb import IRequest
@@ -78,6 +80,7 @@ class Authenticator:
         self._verified: dict[bytes, tuple[User, float]] = {}
         self._keys_by_user: dict[str, set[bytes]] = {}
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._checking: dict[bytes, list[Deferred[User]]] = {}
 
     def _cache_key(self, user_id: str, password: str) -> bytes:
         user = user_id.encode("utf-8", "surrogatepass")
@@ -143,13 +146,33 @@ class Authenticator:
         failures.append(self._clock.seconds())
 
     async def authenticate(self, request: IRequest) -> User:
-        """The user whose credentials ``request`` carries; an `APIError` 401 otherwise."""
+        """
+        The user whose credentials ``request`` carries; an `APIError` 401 otherwise. Requests
+        that arrive with the same credentials while they are being checked wait for that one
+        check instead of starting their own (a camera's exporter opens several connections at
+        once, and each password check is slow and memory-hungry by design).
+        """
         user_id, password = _credentials(request)
         key = self._cache_key(user_id, password)
         user = self._cached(key)
         if user is not None:
             return user
-        address = _client_address(request)
+        waiters = self._checking.get(key)
+        if waiters is None:
+            waiters = self._checking[key] = []
+            check = Deferred.fromCoroutine(
+                self._check(user_id, password, key, _client_address(request)))
+            check.addBoth(self._deliver, key)
+        waiter: Deferred[User] = Deferred()
+        waiters.append(waiter)
+        return await waiter
+
+    def _deliver(self, outcome: Any, key: bytes) -> None:
+        for waiter in self._checking.pop(key):
+            if not waiter.called:  # a waiter whose client went away was cancelled
+                waiter.callback(outcome)
+
+    async def _check(self, user_id: str, password: str, key: bytes, address: str) -> User:
         delay = self.delay_for(address)
         if delay > 0:
             await deferLater(self._clock, delay)
