@@ -22,6 +22,7 @@ from meteord.store.files import (
     FileAlreadyStored,
     FileNotStored,
     FileStore,
+    UPLOAD_BACKLOG,
     InvalidFileId,
     StoredFile,
     UploadClosed,
@@ -468,3 +469,133 @@ class ThreadPoolInjectionTests(TestCase):
         self.assertEqual(stored, expected(FILE_ID, b"abc"))
         self.assertEqual(len(seen), 1)
         self.assertTrue(seen[0].startswith("PoolThread-injected-"), seen[0])
+
+
+class _Producer:
+    """Counts the pauses and resumes a background upload asks of its connection."""
+
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+BACKGROUND_ID = "0123" + "a" * 28
+
+
+class BackgroundUploadTests(TestCase):
+    """Uploads written and hashed in the thread pool, pausing the connection when behind."""
+
+    def setUp(self):
+        self.store = FileStore(self.mktemp(), reactor=reactor)
+        return self.store.start()
+
+    def temporary_files(self) -> list[str]:
+        return os.listdir(os.path.join(self.store.root.path, "tmp"))
+
+    @inlineCallbacks
+    def test_round_trip_pauses_and_resumes(self):
+        producer = _Producer()
+        data = os.urandom(5 * UPLOAD_BACKLOG + 123)
+        upload = self.store.open_upload(producer=producer)
+        for i in range(0, len(data), 65536):
+            upload.write(data[i:i + 65536])
+        self.assertGreaterEqual(producer.paused, 1)
+        upload.end()
+        stored = yield upload.commit(BACKGROUND_ID, hashlib.md5(data).hexdigest(),
+                                     hashlib.sha256(data).hexdigest())
+        self.assertEqual(stored.size, len(data))
+        self.assertEqual(producer.paused, producer.resumed)
+        self.assertEqual(self.store.path_for(BACKGROUND_ID).getContent(), data)
+        self.assertEqual(self.temporary_files(), [])
+
+    @inlineCallbacks
+    def test_empty_upload_without_end(self):
+        upload = self.store.open_upload(producer=_Producer())
+        stored = yield upload.commit(BACKGROUND_ID)
+        self.assertEqual(stored.size, 0)
+        self.assertEqual(self.store.path_for(BACKGROUND_ID).getContent(), b"")
+        self.assertEqual(self.temporary_files(), [])
+
+    @inlineCallbacks
+    def test_mismatch_leaves_nothing(self):
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        upload.end()
+        yield self.assertFailure(upload.commit(BACKGROUND_ID, "0" * 32), ChecksumMismatch)
+        self.assertEqual(self.temporary_files(), [])
+        self.assertFalse(self.store.path_for(BACKGROUND_ID).exists())
+
+    @inlineCallbacks
+    def test_abort_mid_way_and_after_end(self):
+        for end in (False, True):
+            producer = _Producer()
+            upload = self.store.open_upload(producer=producer)
+            for _ in range(60):
+                upload.write(b"x" * 65536)
+            if end:
+                upload.end()
+            yield upload.abort()
+            self.assertEqual(self.temporary_files(), [])
+            self.assertEqual(producer.paused, producer.resumed)
+            self.assertRaises(UploadClosed, upload.write, b"x")
+
+    @inlineCallbacks
+    def test_abort_before_any_byte(self):
+        upload = self.store.open_upload(producer=_Producer())
+        yield upload.abort()
+        self.assertEqual(self.temporary_files(), [])
+
+    @inlineCallbacks
+    def test_too_large(self):
+        upload = self.store.open_upload(10, producer=_Producer())
+        upload.write(b"0123456789")
+        self.assertRaises(UploadTooLarge, upload.write, b"a")
+        yield upload.abort()
+        self.assertEqual(self.temporary_files(), [])
+
+    @inlineCallbacks
+    def test_write_error_fails_the_upload(self):
+        def disk_full(store, prefix):
+            raise OSError(errno.ENOSPC, "full")
+
+        self.patch(files.FileStore, "_create_temporary", disk_full)
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        yield upload._written()
+        self.assertRaises(OSError, upload.write, b"more")
+        yield self.assertFailure(upload.commit(BACKGROUND_ID), OSError)
+
+    @inlineCallbacks
+    def test_sync_error_leaves_nothing(self):
+        def failing_fsync(descriptor):
+            raise OSError(errno.EIO, "io")
+
+        self.patch(os, "fsync", failing_fsync)
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        upload.end()
+        yield self.assertFailure(upload.commit(BACKGROUND_ID), OSError)
+        self.assertEqual(self.temporary_files(), [])
+
+    @inlineCallbacks
+    def test_existing_file_is_kept(self):
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"one")
+        upload.end()
+        yield upload.commit(BACKGROUND_ID)
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"two")
+        upload.end()
+        stored = yield upload.commit(BACKGROUND_ID, hashlib.md5(b"two").hexdigest())
+        self.assertEqual(stored.size, 3)
+        self.assertEqual(self.store.path_for(BACKGROUND_ID).getContent(), b"one")
+        self.assertEqual(self.temporary_files(), [])

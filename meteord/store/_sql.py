@@ -306,6 +306,7 @@ class PostgresDatabase:
                     self._pending.cancel()
 
         detectors = self._detectors = []
+        connections = self._connections = []
 
         class _Pool(txpostgres.ConnectionPool):
             def connectionFactory(self, pool_reactor: Any, cooperator: Any) -> Any:
@@ -313,7 +314,9 @@ class PostgresDatabase:
                     deathChecker=connection_died, reconnectionIterator=reconnection_delays,
                     reactor=pool_reactor)
                 detectors.append(detector)
-                return _Connection(pool_reactor, cooperator, detector=detector)
+                connection = _Connection(pool_reactor, cooperator, detector=detector)
+                connections.append(connection)
+                return connection
 
             def runWithoutTransaction(self, interaction: Callable[..., Any],
                                       *args: Any) -> Deferred[Any]:
@@ -410,7 +413,11 @@ class PostgresDatabase:
         self._closed = True
         for detector in self._detectors:
             detector.stop()
-        self._pool.close()
+        # Every connection, not only the pool's idle ones: a connection busy with a query
+        # when the node stops would otherwise stay open.
+        for connection in self._connections:
+            if connection.pollable() is not None:  # None: never asked to connect
+                connection.close()
 
 
 # --- migrations

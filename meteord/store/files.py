@@ -9,13 +9,21 @@ file under the final name. Blocking work runs in a thread pool, never on the rea
 Choices where the specification is silent:
 
 - Uploads (``open_upload``) are hashed and written synchronously on the reactor thread through
-  a 256 KiB write buffer, as twisted.web itself does with request bodies. A buffered write only
-  copies into the page cache, so each chunk costs the reactor CPU time in proportion to its
-  size (mostly hashing) and waits on the disk only when the kernel throttles dirty pages, while
-  memory stays bounded without the flow control into the HTTP connection that handing chunks
-  to a thread pool would need. Creating the temporary file happens there too. The calls that
-  do wait on the disk (fsync, rename, directory fsync, unlink, reading a whole file) run in the
-  thread pool.
+  a 256 KiB write buffer, as twisted.web itself does with request bodies, unless the caller
+  hands in the ``producer`` that delivers the chunks: without one nothing could slow the sender
+  down, so nothing may be queued. A buffered write only copies into the page cache, but each
+  chunk costs the reactor CPU time in proportion to its size (mostly hashing), and creating the
+  temporary file waits on the file system. With a producer (`BackgroundUpload`), creating,
+  hashing and writing run in the thread pool, one batch of chunks at a time per upload, so the
+  reactor only queues chunks and several uploads hash at once; the producer is paused while
+  more than `UPLOAD_BACKLOG` bytes wait, which bounds memory. The calls that wait on the disk
+  (fsync, rename, directory fsync, unlink, reading a whole file) always run in the thread pool.
+- ``end`` (no more bytes will come) lets a background upload write its last chunks and fsync
+  the temporary file at once, overlapping the caller's own checks; ``commit`` then only
+  verifies and renames. A plain `Upload` syncs in ``commit``.
+- A new shard directory is made durable by fsyncing its parent after the rename into it rather
+  than before, so on a journalling file system one commit usually covers the new directories
+  and the rename; the file counts as stored only once every fsync has returned, as before.
 - Each temporary file holds an exclusive ``flock`` while it is written, and ``start`` removes
   only the leftovers it can lock, so a second process sharing the store never loses a file it
   is still writing.
@@ -36,12 +44,14 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -52,6 +62,8 @@ _FILE_ID = re.compile(r"[0-9a-f]{32}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _READ_CHUNK = 1024 * 1024
 _UPLOAD_BUFFER = 256 * 1024
+UPLOAD_BACKLOG = 2 * 1024 * 1024
+_UPLOAD_BATCH = 1024 * 1024
 
 RunInThread = Callable[..., Deferred]
 
@@ -165,6 +177,14 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync(out: BinaryIO) -> None:
+    """
+    Make the bytes written to C{out} durable.
+    """
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def _unlink_quietly(path: str) -> None:
@@ -308,16 +328,19 @@ class FileStore:
         """
         first = os.path.join(self._root, file_id[:2])
         second = os.path.join(first, file_id[2:4])
+        created = []
         for parent, directory in ((self._root, first), (first, second)):
             try:
                 os.mkdir(directory)
             except FileExistsError:
                 pass
             else:
-                _fsync_dir(parent)
+                created.append(parent)
         final_path = os.path.join(second, file_id)
         os.rename(current_path, final_path)
         _fsync_dir(second)
+        for parent in reversed(created):
+            _fsync_dir(parent)
         return final_path
 
     def add_from_path(
@@ -376,11 +399,16 @@ class FileStore:
                 raise
         return digests.stored_file(file_id)
 
-    def open_upload(self, max_bytes: int | None = None) -> Upload:
+    def open_upload(
+        self, max_bytes: int | None = None, producer: IPushProducer | None = None
+    ) -> Union[Upload, BackgroundUpload]:
         """
         Start receiving a file in chunks; see L{Upload}. With C{max_bytes}, a chunk that
-        would take the upload beyond it raises L{UploadTooLarge}.
+        would take the upload beyond it raises L{UploadTooLarge}. With C{producer} (what
+        delivers the chunks, e.g. the HTTP connection), see L{BackgroundUpload}.
         """
+        if producer is not None:
+            return BackgroundUpload(self, max_bytes, producer)
         tmp_path, out = self._create_temporary("upload")
         return Upload(self, tmp_path, out, max_bytes)
 
@@ -391,6 +419,7 @@ class FileStore:
         received: StoredFile,
         expected_md5: str | None,
         expected_sha256: str | None,
+        synced: bool = False,
     ) -> StoredFile:
         file_id = received.file_id
         try:
@@ -401,8 +430,8 @@ class FileStore:
                 return _hash_path(final_path, file_id)
             _check_digest(file_id, "md5", expected_md5, received.md5)
             _check_digest(file_id, "sha256", expected_sha256, received.sha256)
-            out.flush()
-            os.fsync(out.fileno())
+            if not synced:
+                _sync(out)
             # Kept open until renamed, so its lock keeps start() elsewhere from removing it.
             self._place(tmp_path, file_id)
             out.close()
@@ -538,6 +567,11 @@ class Upload:
         self._out.write(chunk)
         self._digests.update(chunk)
 
+    def end(self) -> None:
+        """
+        No more bytes will come. Nothing to do here: L{commit} syncs the bytes.
+        """
+
     def abort(self) -> Deferred[None]:
         """
         Discard the upload and its temporary file; does nothing once the upload has ended.
@@ -569,4 +603,217 @@ class Upload:
             self._digests.stored_file(file_id),
             expected_md5,
             expected_sha256,
+        )
+
+
+class BackgroundUpload:
+    """
+    A file being received in chunks on the reactor thread whose temporary file is created,
+    hashed and written in the store's thread pool: L{write} only queues a chunk, and once a
+    batch of at least 1 MiB is queued it goes to a thread, one batch at a time, in order (so a
+    small file costs a single trip to the thread pool, at L{end}). While more than
+    L{UPLOAD_BACKLOG} bytes are queued or being written, C{producer} is paused; it is resumed
+    once they are down to half of that, and whenever the upload ends.
+
+    L{end} writes what is still queued and fsyncs the file in one go, ahead of L{commit}. A
+    failure to create or write the temporary file is raised by the next L{write} (and by
+    L{commit}); the bytes queued then are dropped.
+    """
+
+    def __init__(
+        self, store: FileStore, max_bytes: int | None, producer: IPushProducer
+    ) -> None:
+        self._store = store
+        self._max_bytes = max_bytes
+        self._producer = producer
+        self._paused = False
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._pending = 0
+        self._size = 0
+        self._writing = False
+        self._idle: list[Deferred[None]] = []
+        self._error: BaseException | None = None
+        self._synced: Deferred[None] | None = None
+        self._active = True
+        # Touched only by the thread running the current batch, one batch at a time.
+        self._tmp_path: str | None = None
+        self._out: BinaryIO | None = None
+        self._digests = _Digests()
+
+    @property
+    def size(self) -> int:
+        """
+        The number of bytes received so far (written or still queued).
+        """
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        """
+        Queue one chunk to be hashed and written. If this raises, the upload should be
+        aborted.
+        """
+        if not self._active:
+            raise UploadClosed()
+        if self._error is not None:
+            raise self._error
+        if self._max_bytes is not None and self._size + len(chunk) > self._max_bytes:
+            raise UploadTooLarge(f"upload exceeds {self._max_bytes} bytes")
+        self._size += len(chunk)
+        if chunk:
+            self._queue.append(chunk)
+            self._queued += len(chunk)
+            self._pending += len(chunk)
+        if self._queued >= _UPLOAD_BATCH:
+            self._next_batch()
+        if self._pending > UPLOAD_BACKLOG and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _next_batch(self) -> None:
+        if self._writing:
+            return
+        ending = self._synced is not None
+        if self._error is not None or ending or (not self._queue and self._out is not None):
+            self._wake_idle()
+            return
+        batch, self._queue, self._queued = self._queue, [], 0
+        self._writing = True
+        self._store._run(self._write_batch, batch).addBoth(self._batch_written, batch)
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        if self._out is None:
+            self._tmp_path, self._out = self._store._create_temporary("upload")
+        for chunk in batch:
+            self._out.write(chunk)
+            self._digests.update(chunk)
+
+    def _batch_written(self, result: object, batch: list[bytes]) -> None:
+        self._writing = False
+        self._pending -= sum(len(chunk) for chunk in batch)
+        if isinstance(result, Failure):
+            if self._error is None:
+                self._error = result.value
+            self._queue, self._queued, self._pending = [], 0, 0
+            self._wake_idle()
+        if self._paused and (self._pending <= UPLOAD_BACKLOG // 2 or self._error is not None):
+            self._resume()
+        if self._idle or self._queued >= _UPLOAD_BATCH:
+            self._next_batch()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def _wake_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    def _written(self) -> Deferred[None]:
+        """
+        Fires once every queued chunk is written (or writing failed), the file created.
+        """
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        self._next_batch()
+        return d
+
+    def end(self) -> None:
+        """
+        No more bytes will come: write what is queued and sync it to disk now, in one go,
+        ahead of L{commit}.
+        """
+        if self._active and self._synced is None:
+            self._resume()
+            self._synced = Deferred.fromCoroutine(self._sync())
+
+    async def _sync(self) -> None:
+        if self._writing:
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            await idle
+        if self._error is None:
+            batch, self._queue, self._queued = self._queue, [], 0
+            self._writing = True
+            try:
+                await self._store._run(self._write_and_sync, batch)
+            except Exception as e:
+                self._error = e
+                raise
+            finally:
+                self._writing = False
+                self._pending = 0
+
+    def _write_and_sync(self, batch: list[bytes]) -> None:
+        self._write_batch(batch)
+        assert self._out is not None
+        _sync(self._out)
+
+    def abort(self) -> Deferred[None]:
+        """
+        Discard the upload and its temporary file; does nothing once the upload has ended.
+        """
+        if not self._active:
+            return succeed(None)
+        self._active = False
+        self._queue, self._queued = [], 0
+        self._resume()
+        return Deferred.fromCoroutine(self._abort())
+
+    async def _abort(self) -> None:
+        if self._writing or self._synced is not None:
+            await self._settled()
+        if self._out is not None:
+            assert self._tmp_path is not None
+            await self._store._run(self._store._discard, self._out, self._tmp_path)
+
+    async def _settled(self) -> Optional[BaseException]:
+        """
+        Wait for the queued writes and any early sync; return the first failure of either.
+        """
+        if self._synced is not None:
+            try:
+                await self._synced
+            except Exception as e:
+                return e
+        else:
+            await self._written()
+        return self._error
+
+    def commit(
+        self,
+        file_id: str,
+        expected_md5: str | None = None,
+        expected_sha256: str | None = None,
+    ) -> Deferred[StoredFile]:
+        """
+        As L{Upload.commit}, once every queued chunk is written.
+        """
+        if not self._active:
+            return fail(UploadClosed())
+        self._active = False
+        self._resume()
+        return Deferred.fromCoroutine(
+            self._commit(file_id, expected_md5, expected_sha256))
+
+    async def _commit(
+        self, file_id: str, expected_md5: str | None, expected_sha256: str | None
+    ) -> StoredFile:
+        error = await self._settled()
+        if error is not None:
+            if self._out is not None:
+                assert self._tmp_path is not None
+                await self._store._run(self._store._discard, self._out, self._tmp_path)
+            raise error
+        assert self._out is not None and self._tmp_path is not None
+        return await self._store._run(
+            self._store._finish_upload,
+            self._out,
+            self._tmp_path,
+            self._digests.stored_file(file_id),
+            expected_md5,
+            expected_sha256,
+            self._synced is not None,
         )

@@ -15,6 +15,12 @@ Choices where the specification is silent:
   transport failure (back-off, then disabling) rather than a failure of one entity.
 - Sinks are found through the site's ``body_receivers`` attribute (a sequence of
   `BodyReceiver`); a site without it streams nothing.
+- POST bodies are never parsed as HTML form submissions into ``request.args`` (twisted.web's
+  default, which runs the e-mail header parser on every POST's ``Content-Type``): meteord's
+  bodies are JSON or streamed uploads. Query strings still fill ``request.args``.
+- A sink that cannot keep up may pause the body with `body_producer`: over HTTP/1.x that is the
+  connection's transport (TCP, or TLS over it), which twisted.web itself pauses the same way,
+  and an HTTP/2 stream pauses its own data.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from __future__ import annotations
 import io
 from typing import Any, Optional, Protocol, Sequence
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from meteord.web.responses import write_json_error
 
-__all__ = ["JSON_BODY_LIMIT", "BodyReceiver", "BodySink", "StreamingRequest", "split_path"]
+__all__ = ["JSON_BODY_LIMIT", "BodyReceiver", "BodySink", "StreamingRequest", "body_producer",
+           "split_path"]
 
 JSON_BODY_LIMIT = 64 * 1024
 
@@ -63,6 +72,19 @@ def split_path(path: bytes) -> list[bytes]:
     return [segment for segment in path.split(b"?", 1)[0].split(b"/") if segment]
 
 
+def body_producer(request: Request) -> Optional[IPushProducer]:
+    """
+    What to pause for no more of ``request``'s body to arrive for a while (and to resume for
+    it to come again), or None if there is nothing to pause.
+    """
+    channel = request.channel
+    if isinstance(channel, HTTPChannel):
+        return IPushProducer(channel.transport, None)
+    if IPushProducer.providedBy(channel):
+        return channel
+    return None
+
+
 def _request_line(channel: Any) -> tuple[bytes, bytes]:
     """
     The method and target of the request whose headers the channel has just read: HTTP/1.x
@@ -84,6 +106,10 @@ class StreamingRequest(Request):
     body_sink: Optional[BodySink] = None
     body_too_large = False
     body_limit = JSON_BODY_LIMIT
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(channel, *args, **kwargs)
 
     def gotLength(self, length: Optional[int]) -> None:
         self.body_sink = self._find_sink(length)

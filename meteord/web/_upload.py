@@ -9,8 +9,13 @@ Choices where the specification is silent:
 
 - A request without ``Authorization: Basic`` credentials, or whose path does not carry a
   valid file id and md5, never opens a temporary file: its bytes are discarded as they come
-  and the handler answers 401 or 400. Credentials are only checked by the handler once the
-  body is in, so a wrong password costs one temporary file that is then removed.
+  and the handler answers 401 or 400. The importer starts checking the credentials as the
+  headers arrive; until that answers, bytes are kept, so a wrong password costs at most one
+  temporary file that is then removed.
+- For a streamed request the importer opens the file-store upload with the body's producer
+  (``meteord.web._request.body_producer``), so the store hashes and writes in its thread pool
+  and pauses the connection when it falls behind. The upload is told as soon as the body has
+  ended, so it can sync the bytes to disk while the handler decides what to do with them.
 - Only the first part named ``file`` is kept; other parts are read and ignored. A multipart
   body may exceed ``max_bytes`` by `MULTIPART_OVERHEAD` bytes of boundaries and part headers.
 - Any other content type is answered 415; a missing or malformed boundary, a malformed
@@ -19,7 +24,7 @@ Choices where the specification is silent:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import attrs
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
@@ -28,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from meteord.store.files import StoredFile, Upload, UploadTooLarge
+from meteord.store.files import BackgroundUpload, StoredFile, Upload, UploadTooLarge
 
 __all__ = ["MULTIPART_OVERHEAD", "UploadBody", "UploadRefused"]
 
@@ -67,7 +72,7 @@ class UploadBody:
 
     def __init__(
         self,
-        open_upload: Callable[[], Upload],
+        open_upload: Callable[[], Union[Upload, BackgroundUpload]],
         headers: Headers,
         length: Optional[int],
         max_bytes: int,
@@ -75,11 +80,12 @@ class UploadBody:
     ) -> None:
         self._open_upload = open_upload
         self._max_bytes = max_bytes
-        self._upload: Optional[Upload] = None
+        self._upload: Optional[Union[Upload, BackgroundUpload]] = None
         self._parser: Optional[PushMultipartParser] = None
         self._in_file_part = False
         self._file_seen = False
         self._ended = False
+        self._discarding: list[Deferred[None]] = []
         self.refusal: Optional[UploadRefused] = None
         self.accepting = accept
         self.received = 0
@@ -119,8 +125,8 @@ class UploadBody:
     def _discard(self) -> None:
         if self._upload is not None:
             upload, self._upload = self._upload, None
-            upload.abort().addErrback(
-                lambda f: log.failure("Could not remove an aborted upload", f))
+            self._discarding.append(upload.abort().addErrback(
+                lambda f: log.failure("Could not remove an aborted upload", f)))
 
     def _write_file_bytes(self, chunk: bytes) -> None:
         try:
@@ -167,14 +173,17 @@ class UploadBody:
             return
         if self._parser is None:
             self._write_file_bytes(b"")
-            return
-        try:
-            self._parser.close()
-        except MultipartError as e:
-            self._refuse(400, f"Malformed multipart body: {e}")
-            return
-        if not self._file_seen:
-            self._refuse(400, "The multipart body has no part named 'file'")
+        else:
+            try:
+                self._parser.close()
+            except MultipartError as e:
+                self._refuse(400, f"Malformed multipart body: {e}")
+                return
+            if not self._file_seen:
+                self._refuse(400, "The multipart body has no part named 'file'")
+                return
+        if self._upload is not None:
+            self._upload.end()
 
     def check_authorization(self, authorization: Deferred[Any]) -> None:
         """Keep the bytes only if ``authorization`` succeeds; see ``authorization``."""
@@ -196,6 +205,11 @@ class UploadBody:
         """Discard the bytes (the handler decided not to keep them)."""
         self.accepting = False
         self._discard()
+
+    async def discarded(self) -> None:
+        """Wait until the bytes discarded so far are gone from the file store."""
+        while self._discarding:
+            await self._discarding.pop(0)
 
     def commit(self, file_id: str, md5: str, sha256: Optional[str] = None
                ) -> Deferred[StoredFile]:
