@@ -497,11 +497,16 @@ def _search_page(search: Any, columns: str) -> Operation[tuple[list[Sequence[Any
     rows = yield Query(sql, params)
     if rows:
         return [row[:-1] for row in rows], int(rows[0][-1])
+    return [], (yield from _count_without_page(search))
+
+
+def _count_without_page(search: EventSearch | FileRecordSearch) -> Operation[int]:
+    """The count of a search whose page came back empty (skip past the end, or no match)."""
     count = _search.empty_page_count(search)
     if count is None:
         sql, params = _search.count_query(search)
         count = int((yield Query(sql, params))[0][0])
-    return [], count
+    return count
 
 
 @read_only
@@ -509,11 +514,7 @@ def _search_events(search: EventSearch) -> Operation[tuple[list[Event], int]]:
     events, count = yield from _read_events(*_search.page_query(search, _EVENT_SELECT))
     if events:
         return events, int(count)
-    count = _search.empty_page_count(search)
-    if count is None:
-        sql, params = _search.count_query(search)
-        count = int((yield Query(sql, params))[0][0])
-    return [], count
+    return [], (yield from _count_without_page(search))
 
 
 @read_only
