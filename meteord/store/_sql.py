@@ -276,6 +276,10 @@ class PostgresDatabase:
                     return super().doRead()
                 except psycopg2.OperationalError as e:
                     return e
+                except ValueError as e:
+                    # txpostgres re-registers a socket psycopg2 has just closed (descriptor
+                    # -1): the same lost connection, named so that the detector reconnects.
+                    return psycopg2.OperationalError(f"connection lost: {e}")
 
         class _Detector(reconnection.DeadConnectionDetector):
             """
