@@ -571,10 +571,7 @@ class Meta:
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form."""
-        value = self.value
-        if isinstance(value, datetime):
-            value = datetime_to_ms(value)
-        return {"type": self.type, "key": str(self.key), "value": value}
+        return {"type": self.type, "key": str(self.key), "value": _value_to_wire(self.value)}
 
     @classmethod
     def from_dict(cls, d: object) -> Meta:
@@ -586,6 +583,11 @@ class Meta:
         key = _read_nsstring(d, "key")
         value = _wire_value(meta_type, _get(d, "value"), "value")
         return cls(key=key, type=meta_type, value=value)
+
+
+def _value_to_wire(value: Union[str, float, datetime]) -> Union[str, float, int]:
+    """A meta or constraint value as JSON carries it: dates as ms."""
+    return datetime_to_ms(value) if isinstance(value, datetime) else value
 
 
 def _typed_value(value_type: str, value: Any, key: str) -> Any:
@@ -1012,10 +1014,7 @@ class MetaConstraint:
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form."""
-        value = self.value
-        if isinstance(value, datetime):
-            value = datetime_to_ms(value)
-        return {"key": str(self.key), "type": self.type, "value": value}
+        return {"key": str(self.key), "type": self.type, "value": _value_to_wire(self.value)}
 
     @classmethod
     def from_dict(cls, d: object) -> MetaConstraint:
