@@ -103,8 +103,22 @@ class EncodeJSONTests(SynchronousTestCase):
     def test_infinity_refused(self) -> None:
         self.assertRaises(ValueError, encode_json, -math.inf)
 
-    def test_non_string_key_refused(self) -> None:
-        self.assertRaises(TypeError, encode_json, {1: "x"})
+    def test_scalar_keys_written_as_strings(self) -> None:
+        """Numbers, booleans and None as keys become strings, as with the json module."""
+        value = {7: "x", None: 1e20, 2.5: True}
+        self.assertEqual(encode_json(value), b'{"7":"x","null":100000000000000000000.0,"2.5":true}')
+        self.assertEqual(json.loads(encode_json({1: 1.5})), json.loads(json.dumps({1: 1.5})))
+
+    def test_other_keys_refused(self) -> None:
+        self.assertRaises(TypeError, encode_json, {(1, 2): "x"})
+        self.assertRaises(TypeError, encode_json, {(1, 2): 1e20})
+
+    def test_exponent_floats_deep_inside(self) -> None:
+        """A float that repr() writes with an exponent is positional wherever it is."""
+        value = {"a": [{"b": [1e-07]}], "c": "text 1e-5 that is not a number", "d": -1.5e300}
+        text = encode_json(value).decode("utf-8")
+        self.assertNotRegex(text.replace("text 1e-5", ""), "[0-9][eE][-+]")
+        self.assertEqual(json.loads(text), value)
 
     def test_unknown_type_refused(self) -> None:
         self.assertRaises(TypeError, encode_json, {"x": {1, 2}})

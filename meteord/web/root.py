@@ -3,11 +3,15 @@ The resource at the top of meteord's HTTP site. It tolerates repeated and traili
 strips the configured prefix and hands each request to the first mounted Klein application
 with a matching route, so the query, admin, import and operations APIs can be mounted in any
 combination and an unmounted API simply answers 404.
+
+Routes are indexed by their first path segment: a request whose first segment only one API
+can match goes straight to it (Klein then routes it, and answers its 404 or 405), so most
+requests are matched once rather than once per mounted API.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from klein import Klein
 from twisted.web.resource import Resource
@@ -27,6 +31,12 @@ def _segments(prefix: str) -> list[bytes]:
     return [s.encode("utf-8") for s in prefix.split("/") if s]
 
 
+def _first_segment(rule: str) -> str | None:
+    """The literal first segment of a route, or None when it starts with a variable."""
+    first = rule.lstrip("/").split("/", 1)[0]
+    return None if "<" in first else first
+
+
 class APIRoot(Resource):
     """Dispatches requests under ``prefix`` to the mounted APIs; everything else is a JSON 404."""
 
@@ -36,6 +46,17 @@ class APIRoot(Resource):
         super().__init__()
         self._prefix = _segments(prefix)
         self._apis = [(api.app.url_map, api.app.resource()) for api in apis]
+        by_segment: dict[str | None, list[tuple[Any, Any]]] = {}
+        for url_map, resource in self._apis:
+            for segment in {_first_segment(rule.rule) for rule in url_map.iter_rules()}:
+                by_segment.setdefault(segment, []).append((url_map, resource))
+        # An API with a route starting with a variable can match any first segment.
+        anywhere = by_segment.pop(None, [])
+        self._by_segment = {
+            segment: [api for api in self._apis if api in candidates or api in anywhere]
+            for segment, candidates in by_segment.items()
+        }
+        self._anywhere = anywhere
 
     def render(self, request: Request) -> bytes | int:
         segments = [s for s in request.postpath if s]
@@ -47,9 +68,12 @@ class APIRoot(Resource):
             path = "/" + b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
             return write_json_error(request, 400, "Path is not valid UTF-8")
+        candidates = self._by_segment.get(path.split("/", 2)[1], self._anywhere)
+        if len(candidates) == 1:
+            return candidates[0][1].render(request)
         method = request.method.decode("ascii", "replace")
         allowed: set[str] = set()
-        for url_map, resource in self._apis:
+        for url_map, resource in candidates:
             try:
                 url_map.bind("", path_info=path).match(method=method)
             except MethodNotAllowed as e:
