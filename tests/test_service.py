@@ -18,6 +18,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from meteord import __version__
 from meteord.config import load_config
@@ -95,17 +97,17 @@ class ServiceTests(TestCase):
         node = await self.start_node()
         site = node.getServiceNamed("http").site
         release: Deferred[None] = Deferred()
-        ops = site.resource._apis[0]
-
         started: Deferred[None] = Deferred()
 
-        class Slow:
+        class Slow(Resource):
+            isLeaf = True
+
             def render(self, request):
                 started.callback(None)
                 release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
-                return 1  # NOT_DONE_YET
+                return NOT_DONE_YET
 
-        site.resource._apis[0] = (ops[0], Slow())
+        site.resource = Slow()
         response_d = treq.get(self.base + "/api/healthz", persistent=False)
         await started
         stopped = node.stopService()
@@ -156,12 +158,14 @@ class ServiceTests(TestCase):
         site.clock = clock
         started: Deferred[None] = Deferred()
 
-        class Stuck:
+        class Stuck(Resource):
+            isLeaf = True
+
             def render(self, request):
                 started.callback(None)
-                return 1  # NOT_DONE_YET, and never done
+                return NOT_DONE_YET  # and never done
 
-        site.resource._apis[0] = (site.resource._apis[0][0], Stuck())
+        site.resource = Stuck()
         response_d = treq.get(self.base + "/api/healthz", persistent=False)
         await started
         (request,) = site.in_flight
