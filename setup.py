@@ -28,6 +28,10 @@ setup(
     },
     install_requires=[
         "twisted[tls] >= 24.7, < 27",
+        # Named as well because the exporter's per-configuration TLS uses them directly.
+        "cryptography >= 42, < 51",
+        "pyOpenSSL >= 24.0, < 27",
+        "service-identity >= 24.1, < 27",
         "klein >= 24.8, < 26",
         "treq >= 24.9, < 27",
         "txpostgres >= 1.7, < 2",

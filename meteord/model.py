@@ -30,6 +30,12 @@ Decisions where the specification is silent:
   ``window`` entries are ``HH:MM-HH:MM`` in UTC, ``24:00`` allowed as an end, start and end
   different; a start later than the end wraps past midnight. An empty list is refused (omit
   the key to allow every hour).
+- An export configuration's ``ca_file`` is an absolute path (its contents are checked at the
+  edges that read it: the admin API and the exporter). ``pinned_certificates`` is a non-empty
+  set of SHA-256 fingerprints of DER certificates, given as 64 hex digits, either case,
+  optionally ``:``-separated by byte; it is kept and emitted lowercase, without separators,
+  sorted and without duplicates. Both need an ``https://`` target. What they mean for the
+  handshake is the exporter's business (`meteord.exporter.tls`).
 - A search ``limit`` of 0 means "no limit"; ``from_dict`` with a ``max_limit`` (as every HTTP
   request has) refuses it, because an unbounded search is over any maximum. Offsets may be
   integers or floats. The exporter's internal use passes ``max_limit=None``.
@@ -37,6 +43,7 @@ Decisions where the specification is silent:
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -109,6 +116,7 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOW = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){31}")
 
 # The value of an absent key, distinct from None (which the wire may carry as null).
 _ABSENT: Any = object()
@@ -1301,6 +1309,38 @@ def _target_url_validator(instance: object, attribute: attrs.Attribute, value: o
     _check_target_url(attribute.name, value)
 
 
+def _check_ca_file(key: str, value: object) -> str:
+    """An absolute path (checked as text only: the model does no I/O)."""
+    _check_text(key, value, empty=False, controls=False)
+    assert isinstance(value, str)
+    if not os.path.isabs(value):
+        raise InvalidEntity(key, "must be an absolute path")
+    return value
+
+
+def _ca_file_validator(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """An attrs validator for `_check_ca_file`."""
+    _check_ca_file(attribute.name, value)
+
+
+def _to_fingerprints(value: Any) -> Any:
+    """Pins as a sorted tuple of lowercase hex without separators; None stays None."""
+    if value is None:
+        return None
+    key = "pinned_certificates"
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidEntity(key, f"expected a list of fingerprints, not {_json_type(value)}")
+    if not value:
+        raise InvalidEntity(key, "must not be empty (omit it to verify against CA roots only)")
+    pins = set()
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not _FINGERPRINT.fullmatch(item):
+            raise InvalidEntity(f"{key}[{index}]", "expected a SHA-256 fingerprint: 64 hex "
+                                "digits, optionally separated by ':' after every two")
+        pins.add(item.replace(":", "").lower())
+    return tuple(sorted(pins))
+
+
 def _to_windows(value: Any) -> Any:
     """Windows as a tuple; their text form is accepted too."""
     if value is None:
@@ -1344,11 +1384,19 @@ class ExportConfiguration:
     priority: Optional[int] = attrs.field(
         default=None, validator=_optional(_int_in(-_INT64_MAX - 1, _INT64_MAX))
     )
+    ca_file: Optional[str] = attrs.field(default=None, validator=_optional(_ca_file_validator))
+    pinned_certificates: Optional[tuple[str, ...]] = attrs.field(
+        default=None, converter=_to_fingerprints
+    )
 
     def __attrs_post_init__(self) -> None:
         expected = EventSearch if self.type == "event" else FileRecordSearch
         if type(self.search) is not expected:
             raise InvalidEntity("search", f"a {self.type} export needs a {expected.__name__}")
+        if urlsplit(self.target_url).scheme != "https":
+            for key in ("ca_file", "pinned_certificates"):
+                if getattr(self, key) is not None:
+                    raise InvalidEntity(key, "only applies to an https:// target_url")
 
     def in_window(self, ms: int) -> bool:
         """Whether an export may run at ``ms``: inside any window, or always without one."""
@@ -1373,6 +1421,10 @@ class ExportConfiguration:
                 "window": None if self.window is None else [str(w) for w in self.window],
                 "max_bytes_per_second": self.max_bytes_per_second,
                 "priority": self.priority,
+                "ca_file": self.ca_file,
+                "pinned_certificates": (
+                    None if self.pinned_certificates is None else list(self.pinned_certificates)
+                ),
             }
         )
 
@@ -1405,7 +1457,21 @@ class ExportConfiguration:
             window=window,
             max_bytes_per_second=_read_int(d, "max_bytes_per_second", 1, _INT64_MAX, False),
             priority=_read_int(d, "priority", -_INT64_MAX - 1, _INT64_MAX, False),
+            ca_file=_read_ca_file(d),
+            pinned_certificates=_read_pins(d),
         )
+
+
+def _read_ca_file(d: Mapping[str, Any]) -> Optional[str]:
+    """``ca_file``: an absolute path, or None when absent."""
+    value = _get(d, "ca_file", required=False)
+    return None if value is _ABSENT else _check_ca_file("ca_file", value)
+
+
+def _read_pins(d: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    """``pinned_certificates``: normalised fingerprints, or None when absent."""
+    value = _get(d, "pinned_certificates", required=False)
+    return None if value is _ABSENT else _to_fingerprints(value)
 
 
 def _read_windows(d: Mapping[str, Any]) -> tuple[TimeWindow, ...]:

@@ -7,8 +7,11 @@ passwords, their status and retries, and camera status updates; every route's au
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any
+
+from twisted.internet.ssl import KeyPair
 
 from meteord.model import (
     CameraStatus,
@@ -303,6 +306,52 @@ class ExportTests(AdminTestCase):
             self.assertEqual((path, response.code, answer.get("key")), (path, code, key))
         response, answer = await self.admin("PUT", f"/export/{'a' * 32}", data=b"x" * 70_000)
         self.assertEqual(response.code, 413)
+        self.assertEqual(await self.snapshot(), before)
+
+    def write_file(self, data: bytes) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    async def test_update_sets_and_clears_the_tls_keys(self) -> None:
+        ca_file = self.write_file(KeyPair.generate().selfSignedCert(1, CN="hub CA").dumpPEM())
+        wire = self.expected(ca_file=ca_file, pinned_certificates=["AB:" * 31 + "AB"])
+        response, body = await self.admin("PUT", f"/export/{'a' * 32}", wire)
+        expected = self.expected(ca_file=ca_file, pinned_certificates=["ab" * 32])
+        self.assertEqual((response.code, body), (200, {"config": expected}))
+        response, body = await self.admin("GET", f"/export/{'a' * 32}")
+        self.assertEqual((response.code, body), (200, {"config": expected}))
+        stored = await self.store.get_export_configuration("a" * 32)
+        self.assertEqual((stored.ca_file, stored.pinned_certificates), (ca_file, ("ab" * 32,)))
+        response, body = await self.admin("PUT", f"/export/{'a' * 32}", self.expected())
+        self.assertEqual((response.code, body), (200, {"config": self.expected()}))
+
+    async def test_bad_tls_keys_are_400(self) -> None:
+        before = await self.snapshot()
+        good = self.write_file(KeyPair.generate().selfSignedCert(1, CN="hub CA").dumpPEM())
+        missing = os.path.abspath(self.mktemp())
+        garbage = self.write_file(b"not a certificate\n")
+        http = "http://hub.example/api/import"
+        cases = [
+            ({"ca_file": missing}, "ca_file", f"CA file {missing} unreadable"),
+            ({"ca_file": garbage}, "ca_file", f"CA file {garbage} unreadable"),
+            ({"ca_file": self.write_file(b"")}, "ca_file", "no valid PEM certificate"),
+            ({"ca_file": os.path.dirname(good)}, "ca_file", "unreadable"),
+            ({"ca_file": "hub-ca.pem"}, "ca_file", "absolute path"),
+            ({"ca_file": 5}, "ca_file", "string"),
+            ({"pinned_certificates": []}, "pinned_certificates", "empty"),
+            ({"pinned_certificates": "ab" * 32}, "pinned_certificates", "list"),
+            ({"pinned_certificates": ["ab" * 31]}, "pinned_certificates[0]", "SHA-256"),
+            ({"target_url": http, "ca_file": good}, "ca_file", "https://"),
+            ({"target_url": http, "pinned_certificates": ["ab" * 32]}, "pinned_certificates",
+             "https://"),
+        ]
+        for change, key, reason in cases:
+            response, body = await self.admin("PUT", f"/export/{'a' * 32}",
+                                              self.expected(**change))
+            self.assertEqual((change, response.code, body.get("key")), (change, 400, key))
+            self.assertIn(reason, body["message"])
         self.assertEqual(await self.snapshot(), before)
 
     async def test_delete(self) -> None:

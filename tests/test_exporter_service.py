@@ -957,15 +957,14 @@ class LoopTests(ExporterTestMixin, TestCase):
     def test_own_pool_is_closed_on_stop(self) -> None:
         service = ExporterService(self.store, self.clock, concurrency=2)
         service.startService()
-        pool = service._pool
-        self.assertIsNotNone(pool)
+        [pool] = service._pools.values()
         self.assertEqual(pool.maxPersistentPerHost, 2)
         closed: list[bool] = []
         original = pool.closeCachedConnections
         pool.closeCachedConnections = lambda: closed.append(True) or original()
         self.successResultOf(service.stopService())
         self.assertEqual(closed, [True])
-        self.assertIsNone(service._pool)
+        self.assertEqual(service._pools, {})
 
     def test_ca_file_replaces_the_trust_roots(self) -> None:
         from twisted.internet.ssl import KeyPair

@@ -108,6 +108,10 @@ def status_dict(**changes: Any) -> dict[str, Any]:
     return d
 
 
+PIN_A = "0f" * 32
+PIN_B = "a1" * 32
+
+
 def export_dict(**changes: Any) -> dict[str, Any]:
     """A valid ExportConfiguration wire form with every optional key."""
     d = {
@@ -123,6 +127,8 @@ def export_dict(**changes: Any) -> dict[str, Any]:
         "window": ["22:00-06:00"],
         "max_bytes_per_second": 65536,
         "priority": 2,
+        "ca_file": "/etc/meteord/hub-ca.pem",
+        "pinned_certificates": [PIN_A],
     }
     d.update(changes)
     return d
@@ -133,6 +139,11 @@ def without(d: dict[str, Any], key: str) -> dict[str, Any]:
     d = dict(d)
     del d[key]
     return d
+
+
+def plain_export_dict(**changes: Any) -> dict[str, Any]:
+    """`export_dict` without the TLS keys, which an http:// target refuses."""
+    return without(without(export_dict(**changes), "ca_file"), "pinned_certificates")
 
 
 class InvalidMixin:
@@ -961,6 +972,8 @@ class ExportConfigurationTests(InvalidMixin, SynchronousTestCase):
             window=["22:00-06:00"],
             max_bytes_per_second=65536,
             priority=2,
+            ca_file="/etc/meteord/hub-ca.pem",
+            pinned_certificates=[PIN_A.upper()],
         )
         self.assertEqual(config.to_dict(), export_dict(password=""))
         self.assertEqual(config.to_dict(include_password=True), export_dict())
@@ -968,7 +981,8 @@ class ExportConfigurationTests(InvalidMixin, SynchronousTestCase):
 
     def test_minimal_to_dict(self) -> None:
         d = export_dict(type="file", search={}, enabled=False)
-        for key in ("window", "max_bytes_per_second", "priority", "password"):
+        for key in ("window", "max_bytes_per_second", "priority", "password", "ca_file",
+                    "pinned_certificates"):
             del d[key]
         config = ExportConfiguration.from_dict(d)
         self.assertEqual(config.password, "")
@@ -1013,7 +1027,8 @@ class ExportConfigurationTests(InvalidMixin, SynchronousTestCase):
         self.assertInvalid("search", ExportConfiguration.from_dict, export_dict(search="all"))
 
     def test_missing_required_keys(self) -> None:
-        optional = ("password", "enabled", "window", "max_bytes_per_second", "priority")
+        optional = ("password", "enabled", "window", "max_bytes_per_second", "priority",
+                    "ca_file", "pinned_certificates")
         for key in export_dict():
             if key not in optional:
                 self.assertInvalid(key, ExportConfiguration.from_dict, without(export_dict(), key))
@@ -1027,8 +1042,9 @@ class ExportConfigurationTests(InvalidMixin, SynchronousTestCase):
 
     def test_target_url(self) -> None:
         self.assertEqual(
-            ExportConfiguration.from_dict(export_dict(target_url="http://10.0.0.2:8080/api/import"))
-            .target_url,
+            ExportConfiguration.from_dict(
+                plain_export_dict(target_url="http://10.0.0.2:8080/api/import")
+            ).target_url,
             "http://10.0.0.2:8080/api/import",
         )
         for bad in (
@@ -1085,6 +1101,70 @@ class ExportConfigurationTests(InvalidMixin, SynchronousTestCase):
         for key, values in cases.items():
             for value in values:
                 self.assertInvalid(key, ExportConfiguration.from_dict, export_dict(**{key: value}))
+
+    def test_pins_are_normalised(self) -> None:
+        colons = ":".join(PIN_B[i:i + 2] for i in range(0, 64, 2)).upper()
+        config = ExportConfiguration.from_dict(
+            export_dict(pinned_certificates=[colons, PIN_A.upper(), PIN_A]))
+        self.assertEqual(config.pinned_certificates, (PIN_A, PIN_B))
+        self.assertEqual(config.to_dict()["pinned_certificates"], [PIN_A, PIN_B])
+        self.assertEqual(ExportConfiguration.from_dict(config.to_dict(True)), config)
+        built = attrs.evolve(config, pinned_certificates={PIN_B, colons.lower()})
+        self.assertEqual(built.pinned_certificates, (PIN_B,))
+
+    def test_null_tls_keys_are_absent(self) -> None:
+        config = ExportConfiguration.from_dict(
+            export_dict(ca_file=None, pinned_certificates=None))
+        self.assertEqual((config.ca_file, config.pinned_certificates), (None, None))
+        self.assertNotIn("ca_file", config.to_dict())
+        self.assertNotIn("pinned_certificates", config.to_dict())
+
+    def test_bad_pins(self) -> None:
+        whole = [[], "0f" * 32, {"pin": PIN_A}, 5, True]
+        for value in whole:
+            self.assertInvalid("pinned_certificates", ExportConfiguration.from_dict,
+                               export_dict(pinned_certificates=value))
+        items = [
+            "0f" * 31,
+            "0f" * 33,
+            "0g" + "0f" * 31,
+            "sha256:" + PIN_A,
+            ":".join(["0f"] * 31) + ":",
+            "0f:" + "0f" * 31,
+            "0f-" * 31 + "0f",
+            " " + PIN_A,
+            PIN_A + "\n",
+            "",
+            None,
+            64,
+            ["0f"] * 32,
+        ]
+        for value in items:
+            self.assertInvalid("pinned_certificates[1]", ExportConfiguration.from_dict,
+                               export_dict(pinned_certificates=[PIN_B, value]))
+        config = ExportConfiguration.from_dict(export_dict())
+        self.assertInvalid("pinned_certificates", attrs.evolve, config, pinned_certificates=())
+        self.assertInvalid("pinned_certificates", attrs.evolve, config,
+                           pinned_certificates=PIN_A)
+
+    def test_bad_ca_files(self) -> None:
+        for value in ("", "hub-ca.pem", "./hub-ca.pem", "~/ca.pem", "/etc/ca\n.pem",
+                      "/etc/ca\x00.pem", 5, ["/etc/ca.pem"], {"path": "/etc/ca.pem"}, True):
+            self.assertInvalid("ca_file", ExportConfiguration.from_dict,
+                               export_dict(ca_file=value))
+        config = ExportConfiguration.from_dict(export_dict())
+        self.assertInvalid("ca_file", attrs.evolve, config, ca_file="relative.pem")
+
+    def test_tls_keys_need_an_https_target(self) -> None:
+        http = "http://hub.example/api/import"
+        self.assertInvalid("ca_file", ExportConfiguration.from_dict,
+                           export_dict(target_url=http, pinned_certificates=None))
+        self.assertInvalid("pinned_certificates", ExportConfiguration.from_dict,
+                           export_dict(target_url=http, ca_file=None))
+        config = ExportConfiguration.from_dict(plain_export_dict(target_url=http))
+        self.assertInvalid("ca_file", attrs.evolve, config, ca_file="/etc/ca.pem")
+        upper = ExportConfiguration.from_dict(export_dict(target_url="HTTPS://hub.example/"))
+        self.assertEqual(upper.ca_file, "/etc/meteord/hub-ca.pem")
 
     def test_input_not_mutated(self) -> None:
         d = export_dict()

@@ -29,7 +29,7 @@ from meteord.model import (
 )
 from meteord.store import _passwords
 from meteord.store import sql as store_sql
-from meteord.store._sql import Query
+from meteord.store._sql import Query, migrate
 from meteord.store.sql import CPU_WORK_CONCURRENCY, build_store
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
 
@@ -63,6 +63,13 @@ def _stored_hash(user_id):
 
 def _set_hash(user_id, password_hash):
     yield Query("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
+
+
+def _back_to_schema_1():
+    """Undo 0002_export_tls, as a database of schema version 1 has it."""
+    yield Query("ALTER TABLE export_configs DROP COLUMN ca_file")
+    yield Query("ALTER TABLE export_configs DROP COLUMN pinned_certificates")
+    yield Query("DELETE FROM schema_version WHERE version = 2")
 
 
 def _count_tasks():
@@ -131,6 +138,9 @@ class UserTests:
     async def test_hashing_and_verifying_run_off_the_reactor_thread(self) -> None:
         threads = []
         real_hash, real_verify = _passwords.hash_password, _passwords.verify_password
+        # The dummy hash for unknown users is made once per process: made here, so that which
+        # test ran first does not change the count below.
+        _passwords.dummy_hash()
 
         def hash_password(password):
             threads.append(threading.get_ident())
@@ -219,10 +229,29 @@ class ExportConfigurationTests:
     async def test_round_trip(self) -> None:
         config = _export_config(
             new_id(), window=("22:00-06:00", "12:00-13:00"), max_bytes_per_second=65536,
-            priority=-3, enabled=False)
+            priority=-3, enabled=False, ca_file="/etc/meteord/hub-ca.pem",
+            pinned_certificates=("ab" * 32, "01" * 32))
         self.assertEqual(await self.store.create_or_update_export_configuration(config), config)
         self.assertEqual(await self.store.get_export_configuration(config.config_id), config)
         self.assertEqual(await self.store.get_export_configurations(), [config])
+
+    async def test_tls_settings_are_replaced_by_an_update(self) -> None:
+        config = _export_config(new_id(), ca_file="/etc/meteord/hub-ca.pem")
+        await self.store.create_or_update_export_configuration(config)
+        for ca_file, pins in ((None, ("cd" * 32,)), ("/srv/ca.pem", ("01" * 32, "ef" * 32)),
+                              (None, None)):
+            changed = attrs.evolve(config, ca_file=ca_file, pinned_certificates=pins)
+            self.assertEqual(
+                await self.store.create_or_update_export_configuration(changed), changed)
+            self.assertEqual(await self.store.get_export_configuration(config.config_id),
+                             changed)
+
+    async def test_configuration_stored_before_the_tls_migration_survives_it(self) -> None:
+        config = await self.store.create_or_update_export_configuration(
+            _export_config(new_id(), window=("22:00-06:00",)))
+        await self.store.run(_back_to_schema_1)
+        self.assertEqual(await self.store.run(migrate, self.store.dialect), 2)
+        self.assertEqual(await self.store.get_export_configuration(config.config_id), config)
 
     async def test_file_configuration_round_trip(self) -> None:
         config = _export_config(

@@ -35,7 +35,7 @@ from meteord.model import (
     ms_to_datetime,
 )
 from meteord.store import _records
-from meteord.store._sql import Query
+from meteord.store._sql import Query, migrations
 from tests._stores import CAMERA, PostgresStoreMixin, SQLiteStoreMixin
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -635,7 +635,7 @@ class ClearDatabaseTests(_Helpers):
         for table in ("users", "export_configs", "export_tasks", "event_meta", "file_meta",
                       "event_files", "events", "files", "camera_status", "high_water_marks"):
             self.assertEqual(await self.count(table), 0, table)
-        self.assertEqual(await self.count("schema_version"), 1)
+        self.assertEqual(await self.count("schema_version"), len(migrations(self.store.dialect)))
         self.assertEqual(self.stored_file_ids(), [])
         self.assertFalse(self.store.file_path_for_id(record.file_id).exists())
 

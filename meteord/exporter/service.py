@@ -28,19 +28,24 @@ Choices where the specification is silent:
   then is, not JSON.
 - A POST that fails because the connection was lost before any response (a persistent
   connection the importer had closed, or a cut during the upload) is sent once more on a new
-  connection; the import protocol is idempotent, so this is safe.
+  connection; the import protocol is idempotent, so this is safe. A refused TLS handshake is
+  not sent again.
 - Files are streamed in 128 KiB chunks from the file store, the md5 computed as they go; the
   last chunk is held back until the digest is known, so the bytes of a file that no longer
   matches its record are never sent whole, and a size that differs from the record fails the
   entity before any byte is sent. Either is an entity failure saying so.
 - `bytes_sent` counts every request body (entities, statuses and file bytes) of a completed
   task, including bodies sent again.
-- TLS is verified by treq's default policy against the system's roots; `ca_file` (PEM, one
-  or more certificates) replaces those roots for every export of this service. A CA per
-  configuration would need a field in the export configuration, which the model does not have.
-- Connections: one `HTTPConnectionPool` per service, persistent, keeping at most
-  `concurrency` idle connections per host; in-flight connections are bounded by `concurrency`
-  per configuration.
+- TLS: each configuration's requests are verified as its ``ca_file`` and
+  ``pinned_certificates`` say (`meteord.exporter.tls`). A configuration with neither uses the
+  service's default: the system's roots, or the service's `ca_file` (PEM, one or more
+  certificates) in their place. A pin mismatch, a certificate that does not verify and a CA
+  file that cannot be read are all transport failures of that configuration. A CA file is read
+  when a combination is first needed, so a file changed in place takes effect at the next start.
+- Connections: one persistent `HTTPConnectionPool` and treq client per distinct combination of
+  ``ca_file`` and pins (the default one included), each keeping at most `concurrency` idle
+  connections per host, all closed when the service stops; in-flight connections are bounded
+  by `concurrency` per configuration.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import base64
 import hashlib
 import json
 import os
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Collection, Optional, Union
 
 import attrs
 from twisted.application.service import Service
@@ -61,9 +66,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, PotentialDataLoss,
-    RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed, ResponseDone,
-    ResponseNeverReceived)
+    Agent, HTTPConnectionPool, PotentialDataLoss, RequestGenerationFailed, RequestNotSent,
+    RequestTransmissionFailed, ResponseDone, ResponseNeverReceived)
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
@@ -71,6 +75,7 @@ from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, 
 from meteord.exporter.protocol import (
     MAX_ROUND_TRIPS, Done, EntityFailed, ExportProtocol, SendCachedEntity, SendEntity,
     SendStatus, TransportFailed, UploadFile)
+from meteord.exporter.tls import TLS_REFUSALS, CAFileUnreadable, https_policy
 from meteord.model import (
     ExportConfiguration, ExportOutcome, ExportStatus, ExportTask, FileRecord, datetime_to_ms,
     ms_to_datetime)
@@ -312,38 +317,32 @@ class _Deadline:
             self._call.cancel()
 
 
-def _load_trust_root(ca_file: str) -> Any:
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-    with open(ca_file, "rb") as f:
-        pem = f.read()
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + block for block in pem.split(marker)[1:]]
-    if not blocks:
-        raise ValueError(f"no PEM certificate in {ca_file}")
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
-
-
 def build_http_client(reactor: Any, max_persistent_per_host: int,
-                      ca_file: Optional[str] = None) -> tuple[Any, HTTPConnectionPool]:
+                      ca_file: Optional[str] = None,
+                      pinned_certificates: Optional[Collection[str]] = None,
+                      ) -> tuple[Any, HTTPConnectionPool]:
     """
     A treq `HTTPClient` over its own persistent `HTTPConnectionPool` (returned too, for its
-    owner to close), verifying TLS against the system's roots or the certificates in `ca_file`.
+    owner to close), verifying TLS as `https_policy(ca_file, pinned_certificates)` does;
+    `CAFileUnreadable` when `ca_file` is.
     """
     from treq.client import HTTPClient
 
+    policy = https_policy(ca_file, pinned_certificates)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_persistent_per_host
-    if ca_file is None:
-        policy = BrowserLikePolicyForHTTPS()
-    else:
-        policy = BrowserLikePolicyForHTTPS(trustRoot=_load_trust_root(ca_file))
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
 
 
 def _is_stale_connection(error: Exception) -> bool:
-    """Whether a request failed because its connection went away before any response."""
+    """
+    Whether a request failed because its connection went away before any response. Not when
+    the TLS handshake was refused: a new connection would meet the same certificate.
+    """
     if isinstance(error, RequestGenerationFailed):
+        return False
+    if any(isinstance(reason, Failure) and reason.check(*TLS_REFUSALS)
+           for reason in getattr(error, "reasons", ())):
         return False
     return isinstance(error, (ResponseNeverReceived, RequestNotSent, RequestTransmissionFailed))
 
@@ -387,14 +386,23 @@ class _ConfigRound:
 
 Body = Union[_BytesBody, _FileBody]
 
+# The TLS settings of a configuration, as (ca_file, pinned_certificates); one client each.
+_TLSKey = tuple[Optional[str], Optional[tuple[str, ...]]]
+_DEFAULT_TLS: _TLSKey = (None, None)
+
+
+def _tls_key(config: ExportConfiguration) -> _TLSKey:
+    return (config.ca_file, config.pinned_certificates)
+
 
 class ExporterService(Service):
     """
     Pushes every enabled export configuration's tasks to its importer (replication.md).
 
-    `clock` is the reactor (or a `task.Clock` in tests); without `http_client`, the service
-    builds a treq client over its own connection pool on `clock` when it starts and closes the
-    pool when it stops; an injected client belongs to its caller. `counters` holds an
+    `clock` is the reactor (or a `task.Clock` in tests). `http_client`, when given, serves the
+    configurations without TLS settings of their own and belongs to its caller; every other
+    client is built by the service over its own connection pool on `clock` (the default one
+    verifying against `ca_file` when given) and closed when it stops. `counters` holds an
     `ExportCounters` per configuration id; `rounds` and `round_errors` count rounds and the
     failures a round caught.
     """
@@ -412,8 +420,9 @@ class ExporterService(Service):
             raise ValueError(f"lease_seconds must exceed {LEASE_MARGIN_SECONDS:g}")
         self.store = store
         self._clock = clock
-        self._http = http_client
-        self._pool: Optional[HTTPConnectionPool] = None
+        self._injected_client = http_client
+        self._clients: dict[_TLSKey, Any] = {}
+        self._pools: dict[_TLSKey, HTTPConnectionPool] = {}
         self.mark_interval = mark_interval
         self.concurrency = concurrency
         self.batch_size = batch_size
@@ -433,9 +442,10 @@ class ExporterService(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        if self._http is None:
-            self._http, self._pool = build_http_client(self._clock, self.concurrency,
-                                                       self._ca_file)
+        if self._injected_client is not None:
+            self._clients[_DEFAULT_TLS] = self._injected_client
+        else:
+            self._add_client(_DEFAULT_TLS, self._ca_file)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self.mark_interval, now=True)
@@ -448,13 +458,32 @@ class ExporterService(Service):
             self._loop.stop()
         if self._loop_done is not None:
             await self._loop_done
-        if self._pool is not None:
-            pool, self._pool, self._http = self._pool, None, None
-            await pool.closeCachedConnections()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        self._clients.clear()
+        await DeferredList([pool.closeCachedConnections() for pool in pools],
+                           consumeErrors=True)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
+
+    def _add_client(self, key: _TLSKey, ca_file: Optional[str]) -> Any:
+        client, self._pools[key] = build_http_client(self._clock, self.concurrency, ca_file,
+                                                     key[1])
+        self._clients[key] = client
+        return client
+
+    def _client_for(self, config: ExportConfiguration) -> Any:
+        """The client verifying TLS as `config` asks; an unreadable CA file fails in transport."""
+        key = _tls_key(config)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        try:
+            return self._add_client(key, config.ca_file)
+        except CAFileUnreadable as e:
+            raise _TransportProblem(str(e)) from None
 
     def totals(self) -> ExportCounters:
         """The counters of every configuration added up."""
@@ -650,6 +679,7 @@ class ExporterService(Service):
         if self._stopping:
             raise _Stopping()
         config = run.config
+        http = self._client_for(config)
         deadlines: list[_Deadline] = []
         body = await open_body(lambda seconds: deadlines[0].extend(seconds))
         if self._stopping:
@@ -662,7 +692,7 @@ class ExporterService(Service):
                    b"Authorization": [_basic_auth(config.user_id, config.password)]}
 
         async def round_trip() -> tuple[int, bytes]:
-            response = await self._http.post(url, data=body, headers=headers)
+            response = await http.post(url, data=body, headers=headers)
             return response.code, await _read_reply(response)
 
         d = Deferred.fromCoroutine(round_trip())

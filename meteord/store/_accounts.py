@@ -68,7 +68,8 @@ _ADMIN_BIT = role_mask(["camera_admin"])
 
 _CONFIG_COLUMNS = (
     "config_id, type, target_url, user_id, password, search, config_name, "
-    "config_description, enabled, windows, max_bytes_per_second, priority"
+    "config_description, enabled, windows, max_bytes_per_second, priority, ca_file, "
+    "pinned_certificates"
 )
 
 _NODE_KEYS = ("node_id", "name", "roles", "address", "http_port", "scheme", "version",
@@ -380,12 +381,14 @@ def _config_values(config: ExportConfiguration) -> tuple:
         None if config.window is None else json.dumps([str(w) for w in config.window]),
         config.max_bytes_per_second,
         config.priority,
+        config.ca_file,
+        None if config.pinned_certificates is None else json.dumps(config.pinned_certificates),
     )
 
 
 def _config_from_row(row: tuple) -> ExportConfiguration:
     (config_id, export_type, target_url, user_id, password, search, name, description, enabled,
-     windows, max_bytes_per_second, priority) = row
+     windows, max_bytes_per_second, priority, ca_file, pinned_certificates) = row
     search_class = EventSearch if export_type == "event" else FileRecordSearch
     return ExportConfiguration(
         config_id=config_id,
@@ -400,6 +403,9 @@ def _config_from_row(row: tuple) -> ExportConfiguration:
         window=None if windows is None else json.loads(windows),
         max_bytes_per_second=max_bytes_per_second,
         priority=priority,
+        ca_file=ca_file,
+        pinned_certificates=(None if pinned_certificates is None
+                             else json.loads(pinned_certificates)),
     )
 
 
@@ -424,7 +430,8 @@ def _upsert_config(values: tuple, now: int) -> Operation[ExportConfiguration]:
             "UPDATE export_configs SET type = ?, target_url = ?, user_id = ?, "
             "password = CASE WHEN ? = '' THEN password ELSE ? END, search = ?, "
             "config_name = ?, config_description = ?, enabled = ?, windows = ?, "
-            "max_bytes_per_second = ?, priority = ? WHERE id = ?",
+            "max_bytes_per_second = ?, priority = ?, ca_file = ?, pinned_certificates = ? "
+            "WHERE id = ?",
             (export_type, values[2], values[3], password, password, *values[5:], config_pk))
         if export_type != old_type:
             yield Query("DELETE FROM export_tasks WHERE config_pk = ? AND entity_kind <> ?",

@@ -15,7 +15,10 @@ Decisions where the specification is silent:
 - ``POST /export`` needs ``type``, ``target_url``, ``user_id``, a non-empty ``password`` and
   ``name``; ``description`` defaults to ``""``. Errors name these request keys.
 - ``PUT /export/{config_id}`` of an unknown configuration is a 404 (it does not create one);
-  a body without ``config_id`` takes the URL's.
+  a body without ``config_id`` takes the URL's. A ``ca_file`` that cannot be read or holds no
+  PEM certificate is a 400 naming ``ca_file``, checked as the exporter will read it. ``POST
+  /export`` takes only the keys above, so meteord's own keys (``window``, ``ca_file``, ...) are
+  set with ``PUT``, as the search must be before an export does anything.
 - ``POST /export/{config_id}/retry`` answers ``{"message": "Okay", "retried": n}``.
 - ``POST /cameras/{camera_id}/status``: keys absent (or null) keep the current value; the new
   status is valid from now by this API's clock.
@@ -28,6 +31,7 @@ from typing import Any, Mapping
 import attrs
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IRequest
 
 from meteord.errors import EntityNotFound
@@ -76,6 +80,19 @@ def _user(user_id: object, roles: object, key: str = "") -> User:
         return User.from_dict({"user_id": user_id, "roles": [] if roles is None else roles})
     except InvalidEntity as e:
         raise (e.within(key) if key else e) from None
+
+
+async def _check_ca_file(config: ExportConfiguration) -> None:
+    """Refuse a ``ca_file`` the exporter could not use, before it is stored (read in a thread)."""
+    if config.ca_file is None:
+        return
+    # Imported only when needed: a node without the exporter does not load meteord.exporter.
+    from meteord.exporter.tls import CAFileUnreadable, load_trust_root
+
+    try:
+        await deferToThread(load_trust_root, config.ca_file)
+    except CAFileUnreadable as e:
+        raise InvalidEntity("ca_file", str(e)) from None
 
 
 async def _users_body(store: Any) -> dict[str, Any]:
@@ -222,6 +239,7 @@ class AdminAPI:
             raise InvalidEntity("config_id", "differs from the configuration named in the URL")
         config = ExportConfiguration.from_dict(body)
         await self._config(config_id)
+        await _check_ca_file(config)
         stored = await self._store.create_or_update_export_configuration(config)
         return write_json(request, 200, {"config": stored.to_dict()})
 

@@ -109,7 +109,10 @@ SCHEMAS: dict[str, Any] = {
         "enabled": {"type": "boolean"},
         "window": _list({"type": "string", "pattern": "^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$"}),
         "max_bytes_per_second": {"type": "integer", "minimum": 1},
-        "priority": {"type": "integer"}},
+        "priority": {"type": "integer"},
+        "ca_file": {"type": "string", "description": "absolute path of a PEM CA bundle"},
+        "pinned_certificates": {"type": "array", "minItems": 1, "items": {
+            "type": "string", "description": "SHA-256 fingerprint of a DER certificate"}}},
         ["config_id", "type", "target_url", "user_id", "search", "config_name",
          "config_description"]),
     "ExportStatus": _object({
