@@ -236,6 +236,7 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "targets": _string_list(),
         "secret": _STRING,
         "max_nodes": _POSITIVE_INT,
+        "max_datagrams_per_second": _integer(1, 1_000_000),
     },
     "exporter": {
         "enabled": _Kind("boolean", _boolean_toml, _boolean_text),

@@ -349,5 +349,6 @@ def _make_discovery(config: Config, store: Any, http_port: int, reactor: Any) ->
         scheme="https" if config.http.endpoint.startswith("ssl:") else "http",
         port=config.discovery.port, interval=config.discovery.interval,
         targets=config.discovery.targets, secret=config.discovery.secret or None,
-        max_nodes=config.discovery.max_nodes, store=store,
+        max_nodes=config.discovery.max_nodes,
+        max_datagrams_per_second=config.discovery.max_datagrams_per_second, store=store,
     )

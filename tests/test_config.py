@@ -54,6 +54,7 @@ class DefaultsTests(ConfigTestCase):
         self.assertEqual(config.http.prefix, "/api")
         self.assertEqual(config.http.apis, ("query", "admin", "import"))
         self.assertEqual(config.discovery.port, 47623)
+        self.assertEqual(config.discovery.max_datagrams_per_second, 1000)
         self.assertEqual(config.exporter.max_failures_before_disable, 4)
         self.assertEqual(
             config.database.url,
@@ -139,6 +140,19 @@ class ValidationTests(ConfigTestCase):
     def test_bad_discovery_port(self) -> None:
         self.assertConfigError(["[discovery] port", "at most 65535"], text="[discovery]\nport = 70000\n")
         self.assertConfigError(["[discovery] port", "port 0"], env={"METEORD_DISCOVERY_PORT": "0"})
+
+    def test_bad_max_datagrams_per_second(self) -> None:
+        key = "[discovery] max_datagrams_per_second"
+        for value, problem in (('"1000"', "got the string '1000'"), ("1.5", "got a number"),
+                               ("true", "got a boolean"), ("0", "at least 1, got 0"),
+                               ("-20", "at least 1, got -20"),
+                               ("1000001", "at most 1000000, got 1000001")):
+            self.assertConfigError([key, problem],
+                                   text=f"[discovery]\nmax_datagrams_per_second = {value}\n")
+        self.assertConfigError([key, "got 'lots'", "env METEORD_DISCOVERY_MAX_DATAGRAMS_PER_SECOND"],
+                               env={"METEORD_DISCOVERY_MAX_DATAGRAMS_PER_SECOND": "lots"})
+        self.assertConfigError([key, "at least 1, got 0"],
+                               env={"METEORD_DISCOVERY_MAX_DATAGRAMS_PER_SECOND": "0"})
 
     def test_port_zero_endpoint(self) -> None:
         self.assertConfigError(["[http] endpoint", "port 0"], options={("http", "endpoint"): "tcp:0"})

@@ -7,20 +7,23 @@ real broadcast between two network namespaces joined by a veth pair (root only).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 from typing import Any, Callable
 
 import attrs
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -38,12 +41,17 @@ from meteord.protocols.beacon import (
     REASON_OWN_ID,
     REASON_REGISTRY_FULL,
     REASON_REPLAY,
+    REASON_SOCKET_BUFFER_FULL,
     decode_beacon,
     encode_beacon,
 )
 from meteord.protocols.discovery import (
     BROADCAST_ADDRESS,
     LOG_PERIOD,
+    READS_PER_WAKEUP,
+    RESUME_AFTER,
+    BudgetedPort,
+    DatagramBudget,
     DiscoveryCounters,
     DiscoveryProtocol,
     DiscoveryService,
@@ -174,8 +182,42 @@ class ParseTargetTests(SynchronousTestCase):
             {"http_port": 0},
             {"interval": 0},
             {"targets": ["host:0"]},
+            {"max_datagrams_per_second": 0},
         ):
             self.assertRaises(ValueError, build, **changes)
+
+
+class DatagramBudgetTests(SynchronousTestCase):
+    """The token bucket, on a clock under test control."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.budget = DatagramBudget(self.clock, rate=40, burst=10)
+
+    def test_starts_full_and_refills_at_its_rate(self) -> None:
+        self.assertEqual(self.budget.available(), 10)
+        self.budget.spend(10)
+        self.assertEqual(self.budget.available(), 0)
+        self.assertEqual(self.budget.seconds_until(10), 0.25)
+        self.clock.advance(0.125)
+        self.assertEqual(self.budget.available(), 5)
+        self.budget.spend(3)
+        self.assertEqual(self.budget.available(), 2)
+        self.assertEqual(self.budget.seconds_until(2), 0.0)
+
+    def test_refill_stops_at_the_burst(self) -> None:
+        self.budget.spend(10)
+        self.clock.advance(3600)
+        self.assertEqual(self.budget.available(), 10)
+
+    def test_clock_jumping_back_neither_refills_nor_stalls(self) -> None:
+        self.budget.spend(10)
+        self.clock.advance(-3600)
+        self.assertEqual(self.budget.available(), 0)
+        self.assertEqual(self.budget.seconds_until(1), 0.025)
+        self.clock.advance(0.125)
+        self.assertEqual(self.budget.available(), 5)
 
 
 @attrs.define
@@ -283,6 +325,14 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(events[-1]["held"], 4)
         self.assertEqual(events[-1]["log_level"].name, "debug")
 
+    def test_kernel_drops_are_counted_and_logged_rate_limited(self) -> None:
+        events: list[dict[str, Any]] = []
+        self.protocol.log = Logger(observer=events.append)
+        self.protocol.kernel_dropped(7)
+        self.protocol.kernel_dropped(5)
+        self.assertEqual(dict(self.protocol.counters.dropped), {REASON_SOCKET_BUFFER_FULL: 12})
+        self.assertEqual([event["count"] for event in events], [7])
+
     def test_failed_save_is_counted_and_retried(self) -> None:
         self.protocol.store.failing = True
         self.protocol.datagramReceived(encode_beacon(make_beacon(seq=1)), ("192.0.2.1", 1))
@@ -340,6 +390,40 @@ class Collector(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.received.append((datagram, addr))
+
+
+@defer.inlineCallbacks
+def eventually(condition: Callable[[], bool], what: str) -> Any:
+    """Fires once C{condition()} holds, checked every few ms; fails after L{WAIT_SECONDS}."""
+    deadline = reactor.seconds() + WAIT_SECONDS
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"gave up waiting {WAIT_SECONDS} s for {what}")
+        yield deferLater(reactor, 0.002, lambda: None)
+
+
+def listening(service: DiscoveryService) -> BudgetedPort:
+    """The port C{service} reads from, found among the reactor's readers."""
+    [port] = [
+        reader
+        for reader in reactor.getReaders()
+        if isinstance(reader, BudgetedPort) and reader.getHost().port == service.listening_port
+    ]
+    return port
+
+
+def read_count(service: DiscoveryService) -> int:
+    """How many datagrams C{service} has read from its socket."""
+    counters = service.counters
+    kernel = counters.dropped[REASON_SOCKET_BUFFER_FULL]
+    return counters.accepted + sum(counters.dropped.values()) - kernel
+
+
+def queued_bytes(port: BudgetedPort) -> int:
+    """The size of the next datagram waiting in C{port}'s socket, 0 when none waits."""
+    size = fcntl.ioctl(port.socket.fileno(), termios.FIONREAD, struct.pack("i", 0))
+    queued: int = struct.unpack("i", size)[0]
+    return queued
 
 
 def knows(service: DiscoveryService, node_id: str, status: str = "online") -> Callable[[], bool]:
@@ -543,8 +627,8 @@ class UDPTests(TestCase):
     def test_host_name_targets_are_resolved(self) -> Any:
         @attrs.define
         class NamingReactor:
-            def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
-                return reactor.listenUDP(*args, **kwargs)
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
 
             def resolve(self, name: str) -> Deferred[str]:
                 if name == "hub.example":
@@ -586,7 +670,8 @@ class UDPTests(TestCase):
     @defer.inlineCallbacks
     def test_flood_of_junk_leaves_registry_clean(self) -> Any:
         clock = self.clock()
-        a = self.start_node("aaaa", clock, secret="s3cret")
+        # The budget is not what this test is about: large enough for the whole flood.
+        a = self.start_node("aaaa", clock, secret="s3cret", max_datagrams_per_second=1_000_000)
         client = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
         self.addCleanup(client.stopListening)
         destination = ("127.0.0.1", a.listening_port)
@@ -605,6 +690,129 @@ class UDPTests(TestCase):
         beacon = make_beacon(node_id="good", seq=1, sent_at=T0 * 1000)
         client.write(encode_beacon(beacon, b"s3cret"), destination)
         yield self.arrivals.until(knows(a, "good"), "a valid beacon after the flood")
+
+    def client(self) -> Any:
+        """A UDP socket on 127.0.0.1 to send crafted datagrams from."""
+        client = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(client.stopListening)
+        return client
+
+    @defer.inlineCallbacks
+    def test_budget_pauses_reading_until_the_clock_refills_it(self) -> Any:
+        clock = self.clock()
+        a = self.start_node("aaaa", clock, max_datagrams_per_second=40)
+        port = listening(a)
+        self.assertEqual((port.budget.rate, port.budget.burst), (40, 10))
+        client = self.client()
+        for i in range(25):
+            client.write(b"junk %d" % i, ("127.0.0.1", a.listening_port))
+        for read, pauses in [(10, 1), (20, 2)]:
+            yield eventually(lambda: a.counters.read_pauses == pauses, f"pause {pauses}")
+            self.assertNotIn(port, reactor.getReaders())
+            self.assertEqual(read_count(a), read)
+            clock.advance(0.125)
+            self.assertNotIn(port, reactor.getReaders())
+            clock.advance(0.125)
+            self.assertIn(port, reactor.getReaders())
+        yield eventually(lambda: read_count(a) == 25, "the last 5 datagrams")
+        self.assertIn(port, reactor.getReaders())
+        self.assertEqual(
+            (a.counters.read_pauses, dict(a.counters.dropped)), (2, {REASON_NOT_JSON: 25})
+        )
+
+    @defer.inlineCallbacks
+    def test_paused_port_waits_until_the_budget_allows_a_batch(self) -> Any:
+        clock = self.clock()
+        a = self.start_node("aaaa", clock, max_datagrams_per_second=1024)
+        port = listening(a)
+        self.assertEqual(port.budget.burst, 256)
+        client = self.client()
+        # In steps that the socket buffer holds whole.
+        for sent in (100, 200, 257):
+            for i in range(sent - read_count(a)):
+                client.write(b"junk %d" % i, ("127.0.0.1", a.listening_port))
+            yield eventually(lambda: read_count(a) == min(sent, 256), f"{sent} datagrams")
+        yield eventually(lambda: a.counters.read_pauses == 1, "the budget to be spent")
+        clock.advance(RESUME_AFTER / 1024 / 2)
+        self.assertNotIn(port, reactor.getReaders())
+        clock.advance(RESUME_AFTER / 1024 / 2)
+        self.assertIn(port, reactor.getReaders())
+        yield eventually(lambda: read_count(a) == 257, "the last datagram")
+
+    @defer.inlineCallbacks
+    def test_one_wakeup_reads_at_most_a_batch(self) -> Any:
+        clock = self.clock()
+        a = self.start_node("aaaa", clock)
+        port = listening(a)
+        batches: list[int] = []
+        do_read = port.doRead
+
+        def counting_read() -> None:
+            before = read_count(a)
+            do_read()
+            batches.append(read_count(a) - before)
+
+        self.patch(port, "doRead", counting_read)
+        client = self.client()
+        for i in range(100):
+            client.write(b"junk %d" % i, ("127.0.0.1", a.listening_port))
+        yield eventually(lambda: read_count(a) == 100, "100 datagrams")
+        self.assertEqual(max(batches), READS_PER_WAKEUP)
+        self.assertEqual(a.counters.read_pauses, 0)
+
+    @defer.inlineCallbacks
+    def test_datagrams_the_kernel_drops_are_counted(self) -> Any:
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("kernel drops are only counted on Linux (SO_RXQ_OVFL)")
+        clock = self.clock()
+        a = self.start_node("aaaa", clock, max_datagrams_per_second=40)
+        port = listening(a)
+        # The smallest buffer the kernel allows: a few datagrams.
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        client = self.client()
+        destination = ("127.0.0.1", a.listening_port)
+        sent = 0
+        for i in range(11):
+            client.write(b"junk %d" % i, destination)
+            sent += 1
+            yield eventually(lambda: read_count(a) == min(sent, 10), f"datagram {sent}")
+        yield eventually(lambda: a.counters.read_pauses == 1, "the budget to be spent")
+        for i in range(200):
+            client.write(b"flood %d" % i, destination)
+            sent += 1
+        clock.advance(0.25)
+        yield eventually(lambda: queued_bytes(port) == 0, "the socket buffer to be read")
+        # The kernel tells the drops with the next datagram read.
+        client.write(encode_beacon(make_beacon(node_id="after", seq=1)), destination)
+        sent += 1
+        yield eventually(lambda: a.counters.accepted == 1, "the datagram after the flood")
+        kernel = a.counters.dropped[REASON_SOCKET_BUFFER_FULL]
+        self.assertGreater(kernel, 150)
+        self.assertEqual(read_count(a) + kernel, sent)
+        self.assertEqual([node["node_id"] for node in a.nodes()], ["after"])
+
+    @defer.inlineCallbacks
+    def test_valid_beacon_after_a_flood_is_registered(self) -> Any:
+        clock = self.clock()
+        a = self.start_node("aaaa", clock, secret="s3cret", max_datagrams_per_second=40)
+        client = self.client()
+        destination = ("127.0.0.1", a.listening_port)
+        for data in junk_datagrams(random.Random(1), 40):
+            client.write(data, destination)
+        yield eventually(lambda: a.counters.read_pauses == 1, "the budget to be spent")
+        self.assertEqual(read_count(a), 10)
+        beacon = make_beacon(node_id="good", seq=1, sent_at=T0 * 1000)
+        client.write(encode_beacon(beacon, b"s3cret"), destination)
+        for step in range(1, 6):
+            clock.advance(0.25)
+            yield eventually(
+                lambda: knows(a, "good")() or a.counters.read_pauses == step + 1,
+                f"reading after refill {step}",
+            )
+            if knows(a, "good")():
+                break
+        self.assertEqual((a.counters.accepted, [n["node_id"] for n in a.nodes()]), (1, ["good"]))
+        self.assertEqual((read_count(a), a.counters.read_pauses), (41, 4))
 
 
 def junk_datagrams(rng: random.Random, count: int = 10_000) -> Any:

@@ -47,6 +47,8 @@ KINDS = frozenset({KIND_ANNOUNCE, KIND_PROBE, KIND_BYE})
 ROLES = frozenset({"camera", "hub", "query", "admin", "import"})
 SCHEMES = frozenset({"http", "https"})
 
+# Never raised here: the kernel dropped the datagram before it was read (see discovery.py).
+REASON_SOCKET_BUFFER_FULL = "socket_buffer_full"
 REASON_OVERSIZE = "oversize"
 REASON_NOT_UTF8 = "not_utf8"
 REASON_NOT_JSON = "not_json"
@@ -65,6 +67,7 @@ REASON_REGISTRY_FULL = "registry_full"
 #: Every reason a datagram can be dropped for, in the order the checks run; the metrics layer
 #: can create one labelled series per reason up front.
 DROP_REASONS = (
+    REASON_SOCKET_BUFFER_FULL,
     REASON_OVERSIZE,
     REASON_NOT_UTF8,
     REASON_NOT_JSON,

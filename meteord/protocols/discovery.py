@@ -24,21 +24,33 @@ Choices where the specification is silent:
 - Sending to 255.255.255.255 needs a route for it (on Linux, a default route or a route to
   255.255.255.255); without one every announcement there fails, is counted in `send_errors`,
   and the unicast targets still get theirs.
+- "A flood must not starve the HTTP API" is met by not reading one: the port reads at most
+  `max_datagrams_per_second` (default 1,000; 1,024 nodes announcing every 10 s send about
+  100/s), a quarter second's worth at once, at most 8 per reactor wake-up (about 0.2 ms of
+  work, so HTTP requests wait little behind them). Past that budget it stops reading until the
+  budget holds 32 again (a sustained flood costs about 30 pauses a second; shorter pauses cost
+  more CPU), and the excess waits in, or overflows, the kernel's socket buffer at no cost to the
+  reactor. The trade-off, chosen so that the HTTP API keeps priority: during a flood valid
+  beacons are lost like the junk, so nodes may go offline (3 missed intervals) until it ends.
+  On Linux the datagrams the kernel dropped are counted as `socket_buffer_full` (SO_RXQ_OVFL)
+  when the next datagram is read.
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
+import sys
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, udp
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -53,6 +65,7 @@ from meteord.protocols.beacon import (
     KIND_BYE,
     KIND_PROBE,
     MAX_DATAGRAM_BYTES,
+    REASON_SOCKET_BUFFER_FULL,
     Beacon,
     BeaconRejected,
     decode_beacon,
@@ -66,7 +79,18 @@ DEFAULT_INTERVAL = 10.0
 PROBE_REPLY_GAP = 1.0
 #: Seconds between two debug log lines about the same kind of problem.
 LOG_PERIOD = 60.0
+DEFAULT_MAX_DATAGRAMS_PER_SECOND = 1000
+#: The burst the datagram budget allows, in seconds of its rate.
+BURST_SECONDS = 0.25
+#: Most datagrams read in one reactor wake-up, so that other sockets get their turn.
+READS_PER_WAKEUP = 8
+#: Datagrams the budget must allow again before a port paused by it reads again.
+RESUME_AFTER = 32
 _PROBE_TABLE_LIMIT = 1024
+# SO_RXQ_OVFL (Linux >= 2.6.33) makes every datagram carry the socket's drop count; Python's
+# socket module may not define the constant.
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40) if sys.platform.startswith("linux") else None
+_DROP_COUNT_SPACE = socket.CMSG_SPACE(4) if _SO_RXQ_OVFL is not None else 0
 
 
 @implementer(INodeRegistryStore)
@@ -112,7 +136,9 @@ class DiscoveryCounters:
 
     @ivar accepted: datagrams accepted into the registry.
     @ivar dropped: datagrams dropped, by reason (the C{REASON_*} constants of
-        L{meteord.protocols.beacon}, all listed in its C{DROP_REASONS}).
+        L{meteord.protocols.beacon}, all listed in its C{DROP_REASONS}), including those the
+        kernel dropped before they were read (C{socket_buffer_full}, Linux only).
+    @ivar read_pauses: times the port stopped reading because the datagram budget was spent.
     @ivar sent: datagrams sent.
     @ivar send_errors: datagrams that could not be sent (no route to 255.255.255.255, say).
     @ivar probe_replies: announcements sent in reply to a probe.
@@ -128,6 +154,7 @@ class DiscoveryCounters:
     send_errors: int = 0
     probe_replies: int = 0
     probe_replies_limited: int = 0
+    read_pauses: int = 0
     store_errors: int = 0
     resolve_errors: int = 0
     loop_errors: int = 0
@@ -180,6 +207,40 @@ class _LogLimiter:
             return None
         self._last[key] = now
         return self._held.pop(key, 0)
+
+
+@attrs.define
+class DatagramBudget:
+    """
+    A token bucket: on average C{rate} datagrams a second, at most C{burst} at once. Only
+    arithmetic on C{clock.seconds()}; a clock that jumps back refills nothing.
+    """
+
+    clock: IReactorTime
+    rate: float
+    burst: float
+    _tokens: float = attrs.field(init=False)
+    _updated: float = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = self.burst
+        self._updated = self.clock.seconds()
+
+    def available(self) -> int:
+        """How many datagrams may be read now."""
+        now = self.clock.seconds()
+        if now > self._updated:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        return int(self._tokens)
+
+    def spend(self, count: int = 1) -> None:
+        """Use up C{count} of the datagrams L{available} allowed."""
+        self._tokens -= count
+
+    def seconds_until(self, count: int) -> float:
+        """Seconds from the last L{available} until C{count} datagrams are available."""
+        return max(0.0, (count - self._tokens) / self.rate)
 
 
 class DiscoveryProtocol(DatagramProtocol):
@@ -246,6 +307,27 @@ class DiscoveryProtocol(DatagramProtocol):
             self.save(observation.save)
         if beacon.kind == KIND_PROBE:
             self._answer_probe(addr)
+
+    def kernel_dropped(self, count: int) -> None:
+        """Count C{count} datagrams the kernel dropped before they could be read."""
+        self.counters.dropped[REASON_SOCKET_BUFFER_FULL] += count
+        held = self._log_limiter.allow(REASON_SOCKET_BUFFER_FULL)
+        if held is not None:
+            self.log.debug(
+                "Discovery lost {count} datagrams in a full socket buffer"
+                " ({held} more reports of this kind not logged)",
+                count=count,
+                held=held,
+            )
+
+    def reading_paused(self, rate: float) -> None:
+        """Count and report that the port stopped reading to stay within C{rate} datagrams/s."""
+        self.counters.read_pauses += 1
+        self.log_problem(
+            "budget",
+            "Discovery receives more than {rate} datagrams/s: reading paused, excess dropped",
+            rate=rate,
+        )
 
     def _answer_probe(self, addr: tuple[str, int]) -> None:
         now = self.clock.seconds()
@@ -321,6 +403,95 @@ class DiscoveryProtocol(DatagramProtocol):
         return waiting.addCallback(lambda _: None)
 
 
+class BudgetedPort(udp.Port):
+    """
+    A UDP port for a L{DiscoveryProtocol} that reads at most L{READS_PER_WAKEUP} datagrams per
+    wake-up and never more than its L{DatagramBudget} allows. When the budget is spent it stops
+    reading until the budget allows L{RESUME_AFTER} again, leaving the excess to the kernel.
+    On Linux, the datagrams the kernel dropped are reported to the protocol's C{kernel_dropped}
+    when the next datagram is read; elsewhere they are not counted.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        protocol: DiscoveryProtocol,
+        budget: DatagramBudget,
+        clock: IReactorTime,
+        reactor: IReactorFDSet,
+        interface: str = "",
+    ) -> None:
+        super().__init__(port, protocol, interface, MAX_DATAGRAM_BYTES + 1, reactor)
+        self.budget = budget
+        self._clock = clock
+        self._resume_at = min(RESUME_AFTER, max(1, int(budget.burst)))
+        self._resuming: IDelayedCall | None = None
+        self._counting_drops = False
+        self._kernel_drops = 0
+
+    def createInternetSocket(self) -> socket.socket:
+        """The socket, asked to report its drop count where the system can."""
+        skt: socket.socket = super().createInternetSocket()
+        if _SO_RXQ_OVFL is not None:
+            try:
+                skt.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+            except OSError:
+                pass
+            else:
+                self._counting_drops = True
+        return skt
+
+    def doRead(self) -> None:
+        """Hand the protocol what the budget allows, or pause until the budget has refilled."""
+        allowed = min(READS_PER_WAKEUP, self.budget.available())
+        if not allowed:
+            self.stopReading()
+            self._resuming = self._clock.callLater(
+                self.budget.seconds_until(self._resume_at), self._resume
+            )
+            self.protocol.reading_paused(self.budget.rate)
+            return
+        for _ in range(allowed):
+            try:
+                data, addr = self._receive()
+            except OSError as e:
+                # As udp.Port.doRead: nothing left to read, or an ICMP error about a write.
+                if e.errno in udp._sockErrReadIgnore or e.errno in udp._sockErrReadRefuse:
+                    return
+                raise
+            self.budget.spend()
+            try:
+                self.protocol.datagramReceived(data, addr)
+            except BaseException:
+                self.protocol.log.failure("Discovery failed to handle a datagram")
+
+    def _receive(self) -> tuple[bytes, tuple[str, int]]:
+        if not self._counting_drops:
+            received: tuple[bytes, tuple[str, int]] = self.socket.recvfrom(self.maxPacketSize)
+            return received
+        data, ancillary, _, addr = self.socket.recvmsg(self.maxPacketSize, _DROP_COUNT_SPACE)
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL:
+                total = int.from_bytes(value[:4], sys.byteorder)
+                if total != self._kernel_drops:
+                    # The count is the socket's total so far, an unsigned 32-bit number.
+                    self.protocol.kernel_dropped((total - self._kernel_drops) % 2**32)
+                    self._kernel_drops = total
+        return data, addr
+
+    def _resume(self) -> None:
+        self._resuming = None
+        self.startReading()
+
+    def stopListening(self) -> Deferred[None] | None:
+        """Close the port, and forget a pending resumption of reading."""
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
+        stopped: Deferred[None] | None = super().stopListening()
+        return stopped
+
+
 class DiscoveryService(Service):
     """
     Announces this node on the LAN and keeps the registry of the nodes it hears.
@@ -334,7 +505,7 @@ class DiscoveryService(Service):
     def __init__(
         self,
         *,
-        reactor: IReactorUDP,
+        reactor: IReactorFDSet,
         node_id: str,
         name: str,
         roles: Sequence[str],
@@ -346,14 +517,18 @@ class DiscoveryService(Service):
         targets: Sequence[str] = (),
         secret: str | bytes | None = None,
         max_nodes: int = DEFAULT_MAX_NODES,
+        max_datagrams_per_second: int = DEFAULT_MAX_DATAGRAMS_PER_SECOND,
         clock: IReactorTime | None = None,
         store: INodeRegistryStore | None = None,
         interface: str = "",
         broadcast: bool = True,
     ) -> None:
         """
-        @param reactor: provides C{listenUDP} and C{resolve}; also the clock unless C{clock}.
+        @param reactor: runs the UDP socket (L{IReactorFDSet}) and provides C{resolve}; also
+            the clock unless C{clock}.
         @param secret: the network secret; empty or C{None} turns signing off.
+        @param max_datagrams_per_second: the budget of datagrams read, a quarter second's worth
+            at once; the kernel drops the excess.
         @param interface: the IPv4 address to listen on, all by default.
         @param broadcast: whether to send to 255.255.255.255 as well as the targets.
         @raise ValueError: a setting that would produce beacons listeners drop, or a
@@ -369,6 +544,9 @@ class DiscoveryService(Service):
             interval=float(interval),
         )
         encode_beacon(self.identity.beacon(KIND_ANNOUNCE, 0, "0", 0))
+        if max_datagrams_per_second < 1:
+            raise ValueError("max_datagrams_per_second must be at least 1")
+        self._max_datagrams_per_second = max_datagrams_per_second
         self._targets = [parse_target(target) for target in targets]
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
@@ -382,7 +560,7 @@ class DiscoveryService(Service):
         self.registry = NodeRegistry(max_nodes=max_nodes)
         self.counters = DiscoveryCounters()
         self.protocol: DiscoveryProtocol | None = None
-        self._listening: Any = None
+        self._listening: BudgetedPort | None = None
         self._loop: LoopingCall | None = None
         self._resolved: dict[str, str] = {}
 
@@ -403,13 +581,14 @@ class DiscoveryService(Service):
         protocol = DiscoveryProtocol(
             self.identity, self.registry, self.store, self._clock, self.counters, self._secret
         )
-        self._listening = self._reactor.listenUDP(
-            self._port,
-            protocol,
-            interface=self._interface,
-            maxPacketSize=MAX_DATAGRAM_BYTES + 1,
+        rate = self._max_datagrams_per_second
+        budget = DatagramBudget(self._clock, rate, max(1, int(rate * BURST_SECONDS)))
+        listening = BudgetedPort(
+            self._port, protocol, budget, self._clock, self._reactor, self._interface
         )
-        self._listening.setBroadcastAllowed(True)
+        listening.startListening()
+        listening.setBroadcastAllowed(True)
+        self._listening = listening
         self.protocol = protocol
         Service.startService(self)
         self._load_registry()
