@@ -18,7 +18,8 @@ at 1,000,000, and any latency that grows with N means a scan that grows with the
 ``--keep DIR`` keeps the filled database in DIR (an SQLite file, or a PostgreSQL cluster
 directory) and reuses it on the next run with the same back end and N; without it the data
 goes to a temporary directory (PostgreSQL: `meteord.testing.postgres.shared_cluster`) that is
-removed at exit.
+removed at exit. ``--shared-buffers SIZE`` starts a kept PostgreSQL cluster with that
+``shared_buffers`` (the server's default is 128MB; an operator sizes it to the machine's RAM).
 """
 
 from __future__ import annotations
@@ -276,8 +277,11 @@ def reads(store: SQLStore, events: int) -> dict[str, Callable[[random.Random], A
     }
 
 
-def postgres_cluster(keep: str | None) -> Any:
-    """A running cluster: the process's throwaway one, or one kept in ``keep``."""
+def postgres_cluster(keep: str | None, shared_buffers: str | None = None) -> Any:
+    """
+    A running cluster: the process's throwaway one, or one kept in ``keep`` (started with
+    ``shared_buffers`` when given).
+    """
     from meteord.testing import postgres
 
     if keep is None:
@@ -292,7 +296,9 @@ def postgres_cluster(keep: str | None) -> Any:
     bin_dir = postgres.find_binaries()
     if bin_dir is None:
         raise SystemExit("PostgreSQL server binaries not found")
-    cluster = postgres.PostgresCluster(bin_dir=bin_dir, directory=directory, run_as=run_as)
+    settings = {} if shared_buffers is None else {"shared_buffers": shared_buffers}
+    cluster = postgres.PostgresCluster(bin_dir=bin_dir, directory=directory, run_as=run_as,
+                                       settings=settings)
     if new:
         cluster.start()
     else:
@@ -301,7 +307,8 @@ def postgres_cluster(keep: str | None) -> Any:
     return cluster
 
 
-def database_url(backend: str, events: int, keep: str | None) -> tuple[str, str]:
+def database_url(backend: str, events: int, keep: str | None,
+                 shared_buffers: str | None = None) -> tuple[str, str]:
     """The store's database URL and a directory for its (unused) file store."""
     if keep is None:
         directory = tempfile.mkdtemp(prefix="meteord-store-bench-")
@@ -312,7 +319,7 @@ def database_url(backend: str, events: int, keep: str | None) -> tuple[str, str]
     files = os.path.join(directory, "files")
     if backend == "sqlite":
         return f"sqlite:///{os.path.join(directory, f'bench-{events}.sqlite3')}", files
-    cluster = postgres_cluster(keep)
+    cluster = postgres_cluster(keep, shared_buffers)
     if keep is None:
         return cluster.create_database(), files
     import psycopg2
@@ -329,7 +336,8 @@ def database_url(backend: str, events: int, keep: str | None) -> tuple[str, str]
 
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
-    url, files = database_url(options.backend, options.events, options.keep)
+    url, files = database_url(options.backend, options.events, options.keep,
+                              options.shared_buffers)
     pool_size = options.pool_size or options.concurrency
     store = await open_store(url, files, pool_size=pool_size, reactor=reactor)
     stored = await stored_events(store)
@@ -369,6 +377,8 @@ def main(argv: list[str]) -> None:
                         help="PostgreSQL connections (default: the concurrency)")
     parser.add_argument("--keep", metavar="DIR", help="keep and reuse the filled database here")
     parser.add_argument("--only", default="", help="measure only reads whose name has this")
+    parser.add_argument("--shared-buffers", metavar="SIZE",
+                        help="PostgreSQL's shared_buffers for a --keep cluster (default 128MB)")
     options = parser.parse_args(argv)
     task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor, options)))
 

@@ -52,6 +52,8 @@ class PostgresCluster:
     bin_dir: str
     directory: str
     run_as: str | None
+    #: More server settings given at every start, e.g. ``{"shared_buffers": "1GB"}``.
+    settings: dict[str, str] = attrs.field(factory=dict)
     _names: itertools.count = attrs.field(factory=lambda: itertools.count(1))
 
     @property
@@ -80,7 +82,8 @@ class PostgresCluster:
     def _run_pg_ctl(self, action: str) -> None:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=200")
+                   "-c max_connections=200"
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         self._run("pg_ctl", "-D", self.data_dir, "-l", os.path.join(self.directory, "server.log"),
                   "-o", options, "-w", "-t", "60", action, *(("-m", "fast") if action != "start" else ()))
 
