@@ -41,7 +41,7 @@ def format_float(value: float) -> str:
     """
     if not math.isfinite(value):
         raise ValueError(f"cannot encode non-finite float {value!r} as JSON")
-    text = repr(value)
+    text = float.__repr__(value)
     if "e" in text or "E" in text:
         # Decimal(repr) is exactly the shortest round-tripping decimal, so the positional form
         # denotes the same number and parses back to the same float.

@@ -206,6 +206,15 @@ class DatagramBudgetTests(SynchronousTestCase):
         self.assertEqual(self.budget.available(), 2)
         self.assertEqual(self.budget.seconds_until(2), 0.0)
 
+    def test_refill_of_exactly_the_time_asked_allows_the_datagrams(self) -> None:
+        """Float refills a hair short of a whole datagram still count it."""
+        budget = DatagramBudget(self.clock, rate=3, burst=1)
+        for _ in range(5):
+            budget.available()
+            budget.spend()
+            self.clock.advance(budget.seconds_until(1))
+            self.assertEqual(budget.available(), 1)
+
     def test_refill_stops_at_the_burst(self) -> None:
         self.budget.spend(10)
         self.clock.advance(3600)
@@ -719,6 +728,19 @@ class UDPTests(TestCase):
         self.assertEqual(
             (a.counters.read_pauses, dict(a.counters.dropped)), (2, {REASON_NOT_JSON: 25})
         )
+
+    @defer.inlineCallbacks
+    def test_a_paused_port_schedules_one_resumption(self) -> Any:
+        clock = self.clock()
+        a = self.start_node("aaaa", clock, max_datagrams_per_second=4)
+        port = listening(a)
+        port.budget.spend(port.budget.available())
+        port.doRead()
+        port.doRead()
+        self.assertEqual((len(clock.getDelayedCalls()), a.counters.read_pauses), (
+            len([c for c in clock.getDelayedCalls() if c.func != port._resume]) + 1, 1))
+        yield a.stopService()
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.func == port._resume], [])
 
     @defer.inlineCallbacks
     def test_paused_port_waits_until_the_budget_allows_a_batch(self) -> Any:

@@ -26,6 +26,7 @@ from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 
 from meteord.exporter.policy import FailurePolicy
 from meteord.exporter.service import ExporterService, build_http_client
+from meteord.exporter.tls import https_policy
 from meteord.model import (
     CameraStatus, Event, EventSearch, ExportConfiguration, ExportOutcome, ExportStatus,
     ExportTask, FileRecord, FileRecordSearch, Location, Orientation, TimeWindow,
@@ -973,8 +974,8 @@ class LoopTests(ExporterTestMixin, TestCase):
         with open(path, "wb") as f:
             for name in ("one", "two"):
                 f.write(KeyPair.generate().selfSignedCert(1, CN=name).dumpPEM())
-        client, pool = build_http_client(self.clock, 1, path)
+        client, pool = build_http_client(self.clock, 1, https_policy(path))
         self.assertIsNotNone(client)
         with open(path, "w") as f:
             f.write("not a certificate\n")
-        self.assertRaises(ValueError, build_http_client, self.clock, 1, path)
+        self.assertRaises(ValueError, https_policy, path)

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import json
 import os
+import threading
 from typing import Any, Callable, Optional
 
 from cryptography import x509
@@ -29,6 +30,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from meteord.exporter import tls
 from meteord.exporter.service import ExporterService
 from meteord.exporter.tls import (
     CAFileUnreadable, PinningPolicyForHTTPS, certificate_fingerprint, https_policy,
@@ -233,6 +235,21 @@ class ExportOverTLSTests(TestCase):
         config, _ = await self.export(url, ca_file=self.ca_file)
         self.assertCompleted(config)
         self.assertEqual(self.importer.authorizations, [b"Basic Y2FtZXJhMTpzZWNyZXQ="])
+
+    async def test_ca_file_of_a_configuration_is_read_off_the_reactor_thread(self) -> None:
+        readers: list[int] = []
+        real = tls.load_trust_root
+
+        def load_trust_root(ca_file: str) -> Any:
+            readers.append(threading.get_ident())
+            return real(ca_file)
+
+        self.patch(tls, "load_trust_root", load_trust_root)
+        url = await self.serve(self.authority.issue(LOOPBACK))
+        config, _ = await self.export(url, ca_file=self.ca_file)
+        self.assertCompleted(config)
+        self.assertEqual(len(readers), 1)
+        self.assertNotEqual(readers[0], threading.get_ident())
 
     async def test_untrusted_certificate_without_tls_settings_fails_in_transport(
             self) -> None:

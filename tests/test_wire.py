@@ -2,6 +2,7 @@
 Tests for meteord.wire: compact, YAML-1.1-safe JSON encoding and strict decoding.
 """
 
+import enum
 import json
 import math
 import re
@@ -108,6 +109,15 @@ class EncodeJSONTests(SynchronousTestCase):
         value = {7: "x", None: 1e20, 2.5: True}
         self.assertEqual(encode_json(value), b'{"7":"x","null":100000000000000000000.0,"2.5":true}')
         self.assertEqual(json.loads(encode_json({1: 1.5})), json.loads(json.dumps({1: 1.5})))
+
+    def test_float_subclasses_written_as_floats(self) -> None:
+        """An enum of floats is its float value whichever encoder writes the document."""
+
+        class Half(float, enum.Enum):
+            HALF = 0.5
+
+        self.assertEqual(encode_json([Half.HALF]), b"[0.5]")
+        self.assertEqual(encode_json([Half.HALF, 1e-05]), b"[0.5,0.00001]")
 
     def test_other_keys_refused(self) -> None:
         self.assertRaises(TypeError, encode_json, {(1, 2): "x"})

@@ -41,7 +41,8 @@ Choices where the specification is silent:
   service's default: the system's roots, or the service's `ca_file` (PEM, one or more
   certificates) in their place. A pin mismatch, a certificate that does not verify and a CA
   file that cannot be read are all transport failures of that configuration. A CA file is read
-  when a combination is first needed, so a file changed in place takes effect at the next start.
+  (in a thread) when a combination is first needed, so a file changed in place takes effect
+  at the next start; the service-wide one is read when the service starts.
 - Connections: one persistent `HTTPConnectionPool` and treq client per distinct combination of
   ``ca_file`` and pins (the default one included), each keeping at most `concurrency` idle
   connections per host, all closed when the service stops; in-flight connections are bounded
@@ -54,7 +55,7 @@ import base64
 import hashlib
 import json
 import os
-from typing import Any, Awaitable, Callable, Collection, Optional, Union
+from typing import Any, Awaitable, Callable, Optional, Union
 
 import attrs
 from twisted.application.service import Service
@@ -63,12 +64,13 @@ from twisted.internet.defer import (
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent, HTTPConnectionPool, PotentialDataLoss, RequestGenerationFailed, RequestNotSent,
     RequestTransmissionFailed, ResponseDone, ResponseNeverReceived)
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, request_timeout
@@ -318,17 +320,13 @@ class _Deadline:
 
 
 def build_http_client(reactor: Any, max_persistent_per_host: int,
-                      ca_file: Optional[str] = None,
-                      pinned_certificates: Optional[Collection[str]] = None,
-                      ) -> tuple[Any, HTTPConnectionPool]:
+                      policy: IPolicyForHTTPS) -> tuple[Any, HTTPConnectionPool]:
     """
     A treq `HTTPClient` over its own persistent `HTTPConnectionPool` (returned too, for its
-    owner to close), verifying TLS as `https_policy(ca_file, pinned_certificates)` does;
-    `CAFileUnreadable` when `ca_file` is.
+    owner to close), verifying TLS by `policy` (see `meteord.exporter.tls.https_policy`).
     """
     from treq.client import HTTPClient
 
-    policy = https_policy(ca_file, pinned_certificates)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_persistent_per_host
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
@@ -445,7 +443,7 @@ class ExporterService(Service):
         if self._injected_client is not None:
             self._clients[_DEFAULT_TLS] = self._injected_client
         else:
-            self._add_client(_DEFAULT_TLS, self._ca_file)
+            self._add_client(_DEFAULT_TLS, https_policy(self._ca_file))
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop_done = self._loop.start(self.mark_interval, now=True)
@@ -468,22 +466,28 @@ class ExporterService(Service):
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 
-    def _add_client(self, key: _TLSKey, ca_file: Optional[str]) -> Any:
-        client, self._pools[key] = build_http_client(self._clock, self.concurrency, ca_file,
-                                                     key[1])
+    def _add_client(self, key: _TLSKey, policy: IPolicyForHTTPS) -> Any:
+        client, self._pools[key] = build_http_client(self._clock, self.concurrency, policy)
         self._clients[key] = client
         return client
 
-    def _client_for(self, config: ExportConfiguration) -> Any:
-        """The client verifying TLS as `config` asks; an unreadable CA file fails in transport."""
+    async def _client_for(self, config: ExportConfiguration) -> Any:
+        """
+        The client verifying TLS as `config` asks, made the first time (its CA file read in a
+        thread); an unreadable CA file fails in transport.
+        """
         key = _tls_key(config)
         client = self._clients.get(key)
         if client is not None:
             return client
         try:
-            return self._add_client(key, config.ca_file)
+            policy = await deferToThread(https_policy, *key)
         except CAFileUnreadable as e:
             raise _TransportProblem(str(e)) from None
+        if self._stopping:
+            raise _Stopping()
+        # Another entity of the configuration may have made it meanwhile.
+        return self._clients.get(key) or self._add_client(key, policy)
 
     def totals(self) -> ExportCounters:
         """The counters of every configuration added up."""
@@ -679,7 +683,7 @@ class ExporterService(Service):
         if self._stopping:
             raise _Stopping()
         config = run.config
-        http = self._client_for(config)
+        http = await self._client_for(config)
         deadlines: list[_Deadline] = []
         body = await open_body(lambda seconds: deadlines[0].extend(seconds))
         if self._stopping:

@@ -232,7 +232,9 @@ class DatagramBudget:
         if now > self._updated:
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        return int(self._tokens)
+        # A thousandth of a datagram short counts as whole: refills are float arithmetic on a
+        # clock of about 1.7e9 s, whose resolution is a few tenths of a microsecond.
+        return int(self._tokens + 1e-3)
 
     def spend(self, count: int = 1) -> None:
         """Use up C{count} of the datagrams L{available} allowed."""
@@ -446,10 +448,11 @@ class BudgetedPort(udp.Port):
         allowed = min(READS_PER_WAKEUP, self.budget.available())
         if not allowed:
             self.stopReading()
-            self._resuming = self._clock.callLater(
-                self.budget.seconds_until(self._resume_at), self._resume
-            )
-            self.protocol.reading_paused(self.budget.rate)
+            if self._resuming is None:
+                self._resuming = self._clock.callLater(
+                    self.budget.seconds_until(self._resume_at), self._resume
+                )
+                self.protocol.reading_paused(self.budget.rate)
             return
         for _ in range(allowed):
             try:
@@ -467,17 +470,21 @@ class BudgetedPort(udp.Port):
 
     def _receive(self) -> tuple[bytes, tuple[str, int]]:
         if not self._counting_drops:
-            received: tuple[bytes, tuple[str, int]] = self.socket.recvfrom(self.maxPacketSize)
-            return received
+            data, addr = self.socket.recvfrom(self.maxPacketSize)
+            return data, addr[:2]
         data, ancillary, _, addr = self.socket.recvmsg(self.maxPacketSize, _DROP_COUNT_SPACE)
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL:
                 total = int.from_bytes(value[:4], sys.byteorder)
                 if total != self._kernel_drops:
                     # The count is the socket's total so far, an unsigned 32-bit number.
-                    self.protocol.kernel_dropped((total - self._kernel_drops) % 2**32)
-                    self._kernel_drops = total
-        return data, addr
+                    dropped, self._kernel_drops = (total - self._kernel_drops) % 2**32, total
+                    try:
+                        self.protocol.kernel_dropped(dropped)
+                    except Exception:
+                        self.protocol.log.failure("Discovery failed to count kernel drops")
+        # (host, port) as udp.Port.doRead gives, without IPv6's flow and scope ids.
+        return data, addr[:2]
 
     def _resume(self) -> None:
         self._resuming = None
