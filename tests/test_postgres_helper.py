@@ -5,11 +5,16 @@ fresh databases that txpostgres can query, and survives a restart.
 
 from __future__ import annotations
 
+import os
+import pwd
+import tempfile
+
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from txpostgres import txpostgres
 
+from meteord.testing.postgres import PostgresCluster
 from tests._postgres import postgres_cluster
 
 
@@ -48,3 +53,18 @@ class PostgresHelperTests(TestCase):
         await deferToThread(cluster.restart)
         again = await self.connect(database)
         self.assertEqual(await again.runQuery("SELECT x FROM t"), [(1,)])
+
+    async def test_settings_are_given_to_the_server(self) -> None:
+        shared = postgres_cluster()
+        directory = tempfile.mkdtemp(prefix="meteord-pg-settings-")
+        if shared.run_as is not None:
+            entry = pwd.getpwnam(shared.run_as)
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+        cluster = PostgresCluster(bin_dir=shared.bin_dir, directory=directory,
+                                  run_as=shared.run_as, settings={"work_mem": "7MB"})
+        self.addCleanup(deferToThread, cluster.stop)
+        await deferToThread(cluster.start)
+        connection = txpostgres.Connection(reactor=reactor)
+        await connection.connect(**cluster.connect_kwargs())
+        self.addCleanup(connection.close)
+        self.assertEqual(await connection.runQuery("SHOW work_mem"), [("7MB",)])
