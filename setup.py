@@ -43,6 +43,7 @@ setup(
         "prometheus-client >= 0.20, < 1",
         "multipart >= 1.2, < 3",
         "tqdm >= 4.66, < 5",
+        "orjson >= 3.10, < 4",
     ],
     extras_require={
         "test": [

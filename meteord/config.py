@@ -24,6 +24,7 @@ import attrs
 DEFAULTS_SOURCE = "default"
 API_NAMES = ("query", "admin", "import")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+ACCESS_LOG_CHOICES = ("log", "off")
 
 
 class ConfigError(ValueError):
@@ -190,6 +191,11 @@ def _check_endpoint(value: str) -> None:
         raise ValueError(_PORT_ZERO)
 
 
+def _check_access_log(value: str) -> None:
+    if value not in ACCESS_LOG_CHOICES and not os.path.isabs(value):
+        raise ValueError('must be "log", "off" or the absolute path of a file')
+
+
 def _check_database_url(value: str) -> None:
     if not value:
         return
@@ -228,6 +234,7 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "apis": _string_list(API_NAMES),
         "public_query": _Kind("boolean", _boolean_toml, _boolean_text),
         "request_timeout": _number(0.0),
+        "access_log": _checked_string(_check_access_log),
     },
     "discovery": {
         "enabled": _Kind("boolean", _boolean_toml, _boolean_text),
@@ -390,6 +397,21 @@ def _check_data_dir(data_dir: str, source: str) -> None:
         raise _error("node", "data_dir", source, f"{data_dir} does not exist and cannot be created")
 
 
+def _check_access_log_file(path: str, source: str) -> None:
+    """An access log file must be a file that can be appended to, or creatable."""
+    if path in ACCESS_LOG_CHOICES:
+        return
+    if os.path.isdir(path):
+        raise _error("http", "access_log", source, f"{path} is a directory")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise _error("http", "access_log", source, f"{path} is not writable")
+        return
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise _error("http", "access_log", source, f"{path} cannot be created")
+
+
 def load_config(
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -437,6 +459,7 @@ def load_config(
         raise _error("discovery", "port", sources[("discovery", "port")], _PORT_ZERO)
 
     _check_data_dir(values["node"]["data_dir"], sources[("node", "data_dir")])
+    _check_access_log_file(values["http"]["access_log"], sources[("http", "access_log")])
     _derive(values, sources)
     return Config(
         values=MappingProxyType({s: MappingProxyType(v) for s, v in values.items()}),

@@ -156,6 +156,8 @@ def ms_to_datetime(ms: int) -> datetime:
 
 def datetime_to_ms(dt: datetime) -> int:
     """Milliseconds since the Unix epoch of an aware datetime, sub-millisecond part dropped."""
+    if dt.__class__ is datetime and dt.tzinfo is timezone.utc:
+        return (dt - _EPOCH) // _ONE_MS
     if not isinstance(dt, datetime):
         raise TypeError(f"expected a datetime, not {type(dt).__name__}")
     if dt.utcoffset() is None:
@@ -651,22 +653,23 @@ class FileRecord:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form."""
-        return _omit_none(
-            {
-                "file_id": self.file_id,
-                "camera_id": self.camera_id,
-                "mime_type": self.mime_type,
-                "file_name": self.file_name,
-                "semantic_type": str(self.semantic_type),
-                "file_time": datetime_to_ms(self.file_time),
-                "file_size": self.file_size,
-                "status_id": self.status_id,
-                "md5": self.md5,
-                "sha256": self.sha256,
-                "meta": [m.to_dict() for m in self.meta],
-            }
-        )
+        """The wire form (written out rather than filtered: it is on every search's path)."""
+        d: dict[str, Any] = {
+            "file_id": self.file_id,
+            "camera_id": self.camera_id,
+            "mime_type": self.mime_type,
+        }
+        if self.file_name is not None:
+            d["file_name"] = self.file_name
+        d["semantic_type"] = str(self.semantic_type)
+        d["file_time"] = datetime_to_ms(self.file_time)
+        d["file_size"] = self.file_size
+        d["status_id"] = self.status_id
+        d["md5"] = self.md5
+        if self.sha256 is not None:
+            d["sha256"] = self.sha256
+        d["meta"] = [m.to_dict() for m in self.meta]
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> FileRecord:

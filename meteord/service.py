@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from meteord import __version__
-from meteord.config import Config, mask_url
+from meteord.config import ACCESS_LOG_CHOICES, Config, mask_url
 from meteord.web._request import StreamingRequest
 from meteord.web.ops import OperationsAPI
 from meteord.web.responses import write_json_error
@@ -69,17 +69,26 @@ class _TrackedRequest(StreamingRequest):
 class MeteordSite(Site):
     """
     A ``Site`` that knows its requests in flight, so a stop can wait for them, and answers 503
-    to requests that take longer than ``request_timeout`` seconds on ``clock``.
+    to requests that take longer than ``request_timeout`` seconds on ``clock``. Its access log
+    (``[http] access_log``) goes to the daemon's log (``"log"``), nowhere (``"off"``) or,
+    appended by twisted.web itself, to a file (a path).
     """
 
     requestFactory = _TrackedRequest
 
     def __init__(self, resource: Any, clock: IReactorTime, request_timeout: float = 60.0,
-                 **kwargs: Any) -> None:
+                 access_log: str = "log", **kwargs: Any) -> None:
+        if access_log not in ACCESS_LOG_CHOICES:
+            kwargs["logPath"] = access_log
         super().__init__(resource, **kwargs)
         self.clock = clock
         self.request_timeout = request_timeout
         self.in_flight: set[Request] = set()
+        self._log_requests = access_log != "off"
+
+    def log(self, request: Request) -> None:
+        if self._log_requests:
+            super().log(request)
 
 
 class HTTPService(Service):
@@ -251,7 +260,8 @@ def build_site(config: Config, store: Any, reactor: Any,
         receivers.append(importer.body_receiver(config.http.prefix))
     ops = OperationsAPI(store_check=store.check, documented=apis, prefix=config.http.prefix)
     site = MeteordSite(APIRoot(config.http.prefix, [ops, *apis]), reactor,
-                       request_timeout=config.http.request_timeout)
+                       request_timeout=config.http.request_timeout,
+                       access_log=config.http.access_log)
     site.body_receivers = receivers
     return site
 

@@ -15,16 +15,20 @@ import re
 from decimal import Decimal
 from typing import Any, Callable
 
+import orjson
+
 __all__ = ["InvalidJSON", "decode_json", "encode_json", "format_float"]
 
 _encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
-# The standard library's C encoder writes floats with repr(), which uses an exponent
-# (``1e-05``, ``1e+20``) outside [1e-4, 1e16); only then, or for text that merely looks like
-# such a float, is the document written again by ``_encode`` (about three times slower).
-_encode_fast = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
-_EXPONENT = re.compile(r"[0-9]e[-+]")
+# Documents are written by orjson (ten times faster than the standard library's C encoder).
+# It writes floats of 1e16 and above, and of 5e-7 and below, with an exponent (``1e+16``),
+# writes NaN and infinity as ``null``, and refuses keys that are not strings: when its output
+# holds an exponent or a ``null`` (or text that merely looks like one), or it refuses the value,
+# the document is written again by ``_encode``, which raises for what JSON cannot carry.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_EXPONENT = re.compile(rb"[0-9]e[-+]")
+_encode_key = json.JSONEncoder(allow_nan=False).encode
 
 
 class InvalidJSON(ValueError):
@@ -72,7 +76,7 @@ def _encode(value: Any, out: list[str]) -> None:
             if not isinstance(key, str):
                 if not isinstance(key, (int, float)) and key is not None:
                     raise TypeError(f"JSON object keys must be strings, not {type(key).__name__}")
-                key = _encode_fast(key)
+                key = _encode_key(key)
             if not first:
                 out.append(",")
             first = False
@@ -95,18 +99,20 @@ def encode_json(value: object) -> bytes:
     """
     Encode dicts, lists, tuples, strings, ints, floats, booleans and None as compact UTF-8
     JSON with YAML-1.1-safe floats. Raises ValueError for NaN or infinity and TypeError for
-    anything else; object keys that are numbers, booleans or None are written as strings, as
-    the ``json`` module does.
+    sets, bytes, datetimes and other objects (enums are written as their value and UUIDs as
+    strings, as orjson does); object keys that are numbers, booleans or None are written as strings, as the
+    ``json`` module does.
     """
     try:
-        text = _encode_fast(value)
-    except (ValueError, TypeError, RecursionError):
-        text = None
-    if text is None or (("e-" in text or "e+" in text) and _EXPONENT.search(text) is not None):
+        data = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        data = None
+    if (data is None or b"null" in data
+            or ((b"e-" in data or b"e+" in data) and _EXPONENT.search(data) is not None)):
         out: list[str] = []
         _encode(value, out)
-        text = "".join(out)
-    return text.encode("utf-8")
+        return "".join(out).encode("utf-8")
+    return data
 
 
 def _refuse_constant(name: str) -> None:

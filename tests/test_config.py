@@ -197,6 +197,28 @@ class ValidationTests(ConfigTestCase):
         self.assertConfigError(["[node] data_dir", "cannot be created"],
                                options={("node", "data_dir"): os.path.join(parent, "x", "data")})
 
+    def test_access_log_choices_and_paths(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        for value in ("log", "off", path):
+            self.assertEqual(self.load(options={("http", "access_log"): value}).http.access_log,
+                             value)
+
+    def test_access_log_relative_path(self) -> None:
+        self.assertConfigError(["[http] access_log", '"log", "off" or the absolute path'],
+                               options={("http", "access_log"): "access.log"})
+        self.assertConfigError(["[http] access_log"], text='[http]\naccess_log = ""\n')
+
+    def test_access_log_is_a_directory(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.mkdir(path)
+        self.assertConfigError(["[http] access_log", "is a directory"],
+                               options={("http", "access_log"): path})
+
+    def test_access_log_cannot_be_created(self) -> None:
+        path = os.path.join(os.path.abspath(self.mktemp()), "missing", "access.log")
+        self.assertConfigError(["[http] access_log", "cannot be created"],
+                               env={"METEORD_HTTP_ACCESS_LOG": path})
+
     def test_unreadable_config_file(self) -> None:
         e = self.assertRaises(ConfigError, load_config, self.mktemp(), environ=self.base_env)
         self.assertIn("cannot be read", str(e))

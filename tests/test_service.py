@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -177,6 +178,45 @@ class ServiceTests(TestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
         self.assertEqual(site.in_flight, set())
+
+
+class AccessLogTests(TestCase):
+    """``[http] access_log``: the daemon's log, a file of its own, or nothing."""
+
+    async def request_with_access_log(self, access_log: str) -> list[str]:
+        """Answer one request; the access log lines that reached the daemon's log."""
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = make_service(node_config(self.mktemp(), {("http", "access_log"): access_log}),
+                            reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        port = await node.getServiceNamed("http").when_listening()
+        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/api/healthz",
+                                  persistent=False, headers={"User-Agent": "access-test"})
+        await response.content()
+        await node.stopService()
+        return [line for line in map(formatEvent, events) if '"GET /api/healthz' in line]
+
+    async def test_daemon_log_by_default(self) -> None:
+        (line,) = await self.request_with_access_log("log")
+        self.assertIn('"GET /api/healthz HTTP/1.1" 200', line)
+        self.assertIn('"access-test"', line)
+
+    async def test_file(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("kept\n")
+        self.assertEqual(await self.request_with_access_log(path), [])
+        with open(path) as f:
+            kept, line = f.read().splitlines()
+        self.assertEqual(kept, "kept")
+        self.assertRegex(line, r'^"127\.0\.0\.1" - - \[[^]]+\] "GET /api/healthz HTTP/1\.1" 200 '
+                               r'\d+ "-" "access-test"$')
+
+    async def test_off(self) -> None:
+        self.assertEqual(await self.request_with_access_log("off"), [])
 
 
 class ComponentTests(TestCase):
