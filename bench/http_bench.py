@@ -20,6 +20,9 @@ All of this is at saturation (closed loop, as fast as the node answers): capacit
 latency at a given load; ``bench/latency_bench.py`` measures latency at a fixed request rate,
 with and without the flood.
 
+The node keeps the default access log (a line per request in its daemon log, which goes to a
+file) unless ``--access-log`` says ``file`` (its own file) or ``off``.
+
 For each load it prints requests/s, p50/p99 latency, the node's RSS before and after (and the
 peak, sampled every 50 ms), and the CPU the node used. Run it alone (``flock``), and in a
 network namespace with only loopback so that nothing, not even the node's broadcast
@@ -160,7 +163,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class Node:
     """A ``twistd -n meteord`` process, its RSS sampled in a thread while it runs."""
 
-    def __init__(self, url: str, files: str, work: str, name: str) -> None:
+    def __init__(self, url: str, files: str, work: str, name: str,
+                 access_log: str = "log") -> None:
         self.port = free_port()
         self.discovery_port = free_port(socket.SOCK_DGRAM)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -176,6 +180,8 @@ class Node:
             "METEORD_DISCOVERY_PORT": str(self.discovery_port),
             "METEORD_DISCOVERY_SECRET": DISCOVERY_SECRET,
             "METEORD_LOGGING_PATH": os.path.join(data_dir, "meteord.log"),
+            "METEORD_HTTP_ACCESS_LOG": (os.path.join(data_dir, "access.log")
+                                        if access_log == "file" else access_log),
         }
         self.process = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "meteord", "--data-dir", data_dir, "--database", url,
@@ -480,7 +486,7 @@ def reads(options: argparse.Namespace, work: str) -> None:
         files[name] = os.path.join(work, re.sub(r"\W+", "-", name) + ".txt")
         with open(files[name], "w") as f:
             f.write("\n".join(listed) + "\n")
-    node = Node(options.database, options.files, work, "reads")
+    node = Node(options.database, options.files, work, "reads", options.access_log)
     try:
         time.sleep(2)
         print(f"\nreads: {options.connections} connections, {options.seconds:g} s each "
@@ -548,7 +554,8 @@ def discovery_flood(options: argparse.Namespace, node: Node, paths_file: str) ->
 
 def imports(options: argparse.Namespace, work: str) -> None:
     prepare(options.import_database, options.import_files, options.events, user=True)
-    node = Node(options.import_database, options.import_files, work, "import")
+    node = Node(options.import_database, options.import_files, work, "import",
+                options.access_log)
     try:
         time.sleep(2)
         print(f"\nimport: {options.import_events:,} events with two {options.file_kb} KB files "
@@ -613,6 +620,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--flood-repeats", type=int, default=2)
     parser.add_argument("--only", default="", help="run only loads whose name has this "
                         "('flood', 'import', 'event', 'camera', 'download')")
+    parser.add_argument("--access-log", choices=("log", "file", "off"), default="log",
+                        help="the node's [http] access_log: its daemon log (the default), a "
+                        "file in its data directory, or none")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     parser.add_argument("--profile", metavar="DIR",
                         help="after each measured load, run it again under py-spy into DIR")

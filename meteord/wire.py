@@ -9,9 +9,11 @@ UTF-8 only, no ``NaN``/``Infinity``, no number that overflows to infinity, no du
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
+import uuid
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -91,6 +93,10 @@ def _encode(value: Any, out: list[str]) -> None:
                 out.append(",")
             _encode(item, out)
         out.append("]")
+    elif isinstance(value, enum.Enum):
+        _encode(value.value, out)
+    elif isinstance(value, uuid.UUID):
+        out.append(_encode_string(str(value)))
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 

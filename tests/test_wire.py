@@ -5,6 +5,7 @@ Tests for meteord.wire: compact, YAML-1.1-safe JSON encoding and strict decoding
 import enum
 import json
 import math
+import uuid
 import re
 
 from hypothesis import given
@@ -118,6 +119,22 @@ class EncodeJSONTests(SynchronousTestCase):
 
         self.assertEqual(encode_json([Half.HALF]), b"[0.5]")
         self.assertEqual(encode_json([Half.HALF, 1e-05]), b"[0.5,0.00001]")
+
+    def test_enums_and_uuids_written_alike_by_both_encoders(self) -> None:
+        """An enum is its value and a UUID its string, with or without a fall-back."""
+
+        class Colour(enum.Enum):
+            RED = "red"
+
+        some_id = uuid.UUID("0123456789abcdef0123456789abcdef")
+        for extra in ("text", None, 1e-05):
+            self.assertEqual(json.loads(encode_json([Colour.RED, some_id, extra])),
+                             ["red", str(some_id), extra])
+
+    def test_text_that_looks_like_null_or_an_exponent(self) -> None:
+        """Strings holding ``null`` or ``1e-05`` are written as they are."""
+        value = {"null": "null", "x": "1e-05 and 2E+7", "n": None}
+        self.assertEqual(encode_json(value), b'{"null":"null","x":"1e-05 and 2E+7","n":null}')
 
     def test_other_keys_refused(self) -> None:
         self.assertRaises(TypeError, encode_json, {(1, 2): "x"})
