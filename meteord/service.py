@@ -31,6 +31,7 @@ from meteord.web.responses import write_json_error
 from meteord.web.root import APIRoot
 
 log = Logger()
+_access_log = Logger(namespace="meteord.access")
 
 HTTP_STOP_GRACE_SECONDS = 10.0
 
@@ -84,10 +85,12 @@ class MeteordSite(Site):
         self.clock = clock
         self.request_timeout = request_timeout
         self.in_flight: set[Request] = set()
-        self._log_requests = access_log != "off"
+        self._access_log = access_log
 
     def log(self, request: Request) -> None:
-        if self._log_requests:
+        if self._access_log == "log":
+            _access_log.info("{line}", line=self._logFormatter(self._logDateTime, request))
+        elif self._access_log != "off":
             super().log(request)
 
 

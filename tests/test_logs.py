@@ -9,7 +9,7 @@ import io
 import json
 
 from twisted.internet import reactor
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatTime, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meteord.config import load_config
@@ -50,6 +50,18 @@ class LogObserverTests(SynchronousTestCase):
         events = [json.loads(line) for line in lines]
         self.assertEqual([e["n"] for e in events], [1, 2, 3])
         self.assertEqual(events[2]["log_level"]["name"], "error")
+
+    def test_text_times_as_twisted_writes_them(self) -> None:
+        """Each line starts with the event's time as ``twisted.logger.formatTime`` writes it."""
+        stream = io.StringIO()
+        observer = make_log_observer(config_with(self.mktemp()), stream)
+        times = [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.2, -0.5]
+        for when in times:
+            observer({"log_format": "at {n}", "n": when, "log_time": when,
+                      "log_level": LogLevel.info, "log_namespace": "meteord.test"})
+        lines = stream.getvalue().splitlines()
+        self.assertEqual([line.split(" ", 1)[0] for line in lines],
+                         [formatTime(when) for when in times])
 
     def test_log_file(self) -> None:
         path = self.mktemp()

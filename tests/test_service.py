@@ -197,12 +197,15 @@ class AccessLogTests(TestCase):
                                   persistent=False, headers={"User-Agent": "access-test"})
         await response.content()
         await node.stopService()
-        return [line for line in map(formatEvent, events) if '"GET /api/healthz' in line]
+        access = [event for event in events if '"GET /api/healthz' in formatEvent(event)]
+        self.namespaces = [event["log_namespace"] for event in access]
+        return [formatEvent(event) for event in access]
 
     async def test_daemon_log_by_default(self) -> None:
         (line,) = await self.request_with_access_log("log")
         self.assertIn('"GET /api/healthz HTTP/1.1" 200', line)
         self.assertIn('"access-test"', line)
+        self.assertEqual(self.namespaces, ["meteord.access"])
 
     async def test_file(self) -> None:
         path = os.path.abspath(self.mktemp())
