@@ -130,6 +130,12 @@ class IMeteorStore(Interface):
     def has_event_id(event_id):
         """-> bool"""
 
+    def stored_ids(event_ids=(), file_ids=(), status_ids=()):
+        """
+        Which of these ids are stored, in one transaction.
+        -> (frozenset of event ids, frozenset of file ids, frozenset of status ids)
+        """
+
     def search_files(search):
         """FileRecordSearch -> {"count": int, "files": [FileRecord, ...]}"""
 

@@ -178,6 +178,21 @@ class FileStoreTests(TestCase):
         self.assertEqual(self.tmp_entries(), [])
 
     @inlineCallbacks
+    def test_existing_names_the_stored_files(self):
+        other = "fedcba9876543210fedcba9876543210"
+        self.assertEqual((yield self.store.existing([FILE_ID, other])), frozenset())
+        yield self.store.add_from_path(self.make_source(), FILE_ID)
+        self.assertEqual((yield self.store.existing([other, FILE_ID, FILE_ID])),
+                         frozenset([FILE_ID]))
+        self.assertEqual((yield self.store.existing([])), frozenset())
+
+    @inlineCallbacks
+    def test_existing_rejects_invalid_ids(self):
+        yield self.store.add_from_path(self.make_source(), FILE_ID)
+        for file_id in INVALID_IDS:
+            yield self.assertFailure(self.store.existing([FILE_ID, file_id]), InvalidFileId)
+
+    @inlineCallbacks
     def test_add_from_path_accepts_str(self):
         source = self.make_source()
         stored = yield self.store.add_from_path(source.path, FILE_ID, move=True)

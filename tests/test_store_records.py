@@ -230,6 +230,26 @@ class RoundTripTests(_Helpers):
         self.assertFalse(await self.store.has_event_id("3" * 32))
         self.assertIsNone(await self.store.get_event("3" * 32))
 
+    async def test_stored_ids(self) -> None:
+        """Which ids are stored, each kind looked up in its own table, in one call."""
+        status = await self.store.update_camera_status(a_status(), at(days=-1), "cam-a")
+        record = await self.store.register_file(self.source_file(b"one"), "image/png",
+                                                "meteorpi:image", at(), [], "cam-a")
+        event = await self.store.register_event("cam-a", at(), "meteorpi:meteor", [record], [])
+        missing = "4" * 32
+        self.assertEqual(
+            await self.store.stored_ids([event.event_id.upper(), missing, event.event_id],
+                                        (missing, record.file_id), [status.status_id]),
+            (frozenset([event.event_id]), frozenset([record.file_id]),
+             frozenset([status.status_id])))
+        self.assertEqual(
+            await self.store.stored_ids([record.file_id], [status.status_id], [event.event_id]),
+            (frozenset(), frozenset(), frozenset()))
+        self.assertEqual(await self.store.stored_ids(), (frozenset(), frozenset(), frozenset()))
+        many = [f"{n:032x}" for n in range(1, 1201)] + [record.file_id]
+        self.assertEqual(await self.store.stored_ids(file_ids=many),
+                         (frozenset(), frozenset([record.file_id]), frozenset()))
+
     async def test_event_without_files_or_meta_round_trip(self) -> None:
         await self.store.update_camera_status(a_status(), at(days=-1))
         event = await self.store.register_event(None, at(), "other:plane")
@@ -817,6 +837,9 @@ class BadInputTests(_Helpers):
             lambda: self.store.has_file_id(None),
             lambda: self.store.has_event_id(12),
             lambda: self.store.has_status_id("' OR 1=1 --"),
+            lambda: self.store.stored_ids("0" * 32),
+            lambda: self.store.stored_ids(file_ids=[None]),
+            lambda: self.store.stored_ids(status_ids=["' OR 1=1 --"]),
             lambda: self.store.get_camera_status_by_id(""),
             lambda: self.store.get_camera_status(1704110400000, "cam-a"),
             lambda: self.store.get_camera_status(at(), "cam a"),

@@ -130,6 +130,13 @@ def _time_ms(key: str, value: object) -> int:
     return datetime_to_ms(value)
 
 
+def _sequence(key: str, value: object) -> Sequence[Any]:
+    """A list or tuple argument; InvalidEntity naming ``key`` otherwise (a str is not one)."""
+    if not isinstance(value, (list, tuple)):
+        raise InvalidEntity(key, f"expected a list, not {type(value).__name__}")
+    return value
+
+
 def _require(key: str, value: object, cls: type) -> None:
     if not isinstance(value, cls):
         raise InvalidEntity(key, f"expected a {cls.__name__}, not {type(value).__name__}")
@@ -489,6 +496,20 @@ def _get_event(event_id: str) -> Operation[Optional[Event]]:
 def _exists(table: str, column: str, value: str) -> Operation[bool]:
     rows = yield Query(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,))
     return bool(rows)
+
+
+@read_only
+def _stored_ids(
+    groups: Sequence[tuple[str, str, Sequence[str]]]
+) -> Operation[tuple[frozenset[str], ...]]:
+    """For each (table, id column, ids), the ids that have a row: one transaction."""
+    found = []
+    for table, column, ids in groups:
+        rows = (yield from _select_in(
+            f"SELECT {column} FROM {table} WHERE {column} IN ({{ids}})", list(dict.fromkeys(ids))
+        )) if ids else ()
+        found.append(frozenset(row[0] for row in rows))
+    return tuple(found)
 
 
 def _search_page(search: Any, columns: str) -> Operation[tuple[list[Sequence[Any]], int]]:
@@ -913,6 +934,27 @@ class RecordOperations:
     async def has_event_id(self, event_id: str) -> bool:
         """Whether an event with this id is stored."""
         return await self.run(_exists, "events", "event_id", parse_id(event_id, "event_id"))
+
+    @_deferred
+    async def stored_ids(
+        self, event_ids: Sequence[str] = (), file_ids: Sequence[str] = (),
+        status_ids: Sequence[str] = (),
+    ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """
+        Which of these event, file and status ids are stored, as three sets of ids in their
+        normal (lowercase) form: what ``has_event_id`` and the others answer, in one
+        transaction.
+        """
+        groups = [
+            (table, column, [parse_id(value, key) for value in _sequence(key, ids)])
+            for table, column, key, ids in (
+                ("events", "event_id", "event_ids", event_ids),
+                ("files", "file_id", "file_ids", file_ids),
+                ("camera_status", "status_id", "status_ids", status_ids),
+            )
+        ]
+        events, files, statuses = await self.run(_stored_ids, groups)
+        return events, files, statuses
 
     @_deferred
     async def search_events(self, search: EventSearch) -> dict[str, Any]:

@@ -187,6 +187,10 @@ def _sync(out: BinaryIO) -> None:
     os.fsync(out.fileno())
 
 
+def _existing(paths: list[tuple[str, str]]) -> frozenset[str]:
+    return frozenset(file_id for file_id, path in paths if os.path.isfile(path))
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -476,6 +480,17 @@ class FileStore:
         except InvalidFileId:
             return fail()
         return self._run(os.path.isfile, path)
+
+    def existing(self, file_ids: Iterable[str]) -> Deferred[frozenset[str]]:
+        """
+        Which of C{file_ids} have a file stored: what L{exists} answers, for all of them in
+        one trip to the thread pool.
+        """
+        try:
+            paths = [(file_id, self._path(file_id)) for file_id in file_ids]
+        except InvalidFileId:
+            return fail()
+        return self._run(_existing, paths)
 
     def open(self, file_id: str) -> Deferred[BinaryIO]:
         """

@@ -257,20 +257,15 @@ class ImportAPI:
         store = self._store
         file_ids = file_ids_of(entity)
         candidate_statuses = wanted_status_ids(entity, ())
-        if isinstance(entity, Event):
-            own = store.has_event_id(entity.event_id)
-        else:
-            own = store.has_file_id(entity.file_id)
-        answers = iter(await _all(
-            [own]
-            + [store.has_file_id(f) for f in file_ids]
-            + [store.has_status_id(s) for s in candidate_statuses]
-            + [store.file_store.exists(f) for f in file_ids]))
-        if next(answers):
+        own_events = [entity.event_id] if isinstance(entity, Event) else []
+        (events, stored_files, known_statuses), with_bytes = await _all([
+            store.stored_ids(own_events, file_ids, candidate_statuses),
+            store.file_store.existing(file_ids),
+        ])
+        if (entity.event_id in events if isinstance(entity, Event)
+                else entity.file_id in stored_files):
             return Holdings(stored=True)
-        records = frozenset([f for f in file_ids if next(answers)])
-        known_statuses = {s for s in candidate_statuses if next(answers)}
-        with_bytes = {f for f in file_ids if next(answers)}
+        records = frozenset([f for f in file_ids if f in stored_files])
         wanted = wanted_status_ids(entity, records)
         statuses = frozenset([s for s in wanted if s in known_statuses])
         file_bytes: frozenset[str] = frozenset()
