@@ -401,9 +401,9 @@ def _check_access_log_file(path: str, source: str) -> None:
     """An access log file must be a file that can be appended to, or creatable."""
     if path in ACCESS_LOG_CHOICES:
         return
-    if os.path.isdir(path):
-        raise _error("http", "access_log", source, f"{path} is a directory")
     if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise _error("http", "access_log", source, f"{path} is not a regular file")
         if not os.access(path, os.W_OK):
             raise _error("http", "access_log", source, f"{path} is not writable")
         return

@@ -53,8 +53,12 @@ def _format_time(when: Optional[float]) -> str:
     """
     ``twisted.logger.formatTime``, computed once a second: it shows whole seconds, and working
     out the local time zone for each event was half the cost of writing a line of the
-    access log.
+    access log. A time within half a microsecond of the next second (which formatTime rounds
+    up into it) is formatted as it is.
     """
     if when is None:
         return formatTime(when)
-    return _format_second(math.floor(when))
+    second = math.floor(when)
+    if when - second >= 0.9999995:
+        return formatTime(when)
+    return _format_second(second)

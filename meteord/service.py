@@ -93,6 +93,34 @@ class MeteordSite(Site):
         elif self._access_log != "off":
             super().log(request)
 
+    def _openLogFile(self, path: Any) -> Any:
+        """
+        The access log file. One that cannot be opened (the configuration was checked as
+        another user than the one that runs the node) sends the lines to the daemon's log.
+        """
+        try:
+            return super()._openLogFile(path)
+        except OSError as e:
+            log.error("[http] access_log: cannot open {path} ({error}); access lines go to "
+                      "the daemon's log instead", path=path, error=e.strerror or e)
+            self._access_log = "log"
+            return None
+
+    def stopFactory(self) -> None:
+        """
+        Closes the access log once the requests in flight have finished (a stop lets them
+        finish after the port has closed), so that their lines are written too.
+        """
+        pending = [request.notifyFinish() for request in self.in_flight]
+        if not pending:
+            super().stopFactory()
+            return
+        DeferredList(pending, consumeErrors=True).addCallback(self._stop_when_idle)
+
+    def _stop_when_idle(self, _: object) -> None:
+        if self.numPorts == 0:
+            super().stopFactory()
+
 
 class HTTPService(Service):
     """

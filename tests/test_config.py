@@ -208,11 +208,14 @@ class ValidationTests(ConfigTestCase):
                                options={("http", "access_log"): "access.log"})
         self.assertConfigError(["[http] access_log"], text='[http]\naccess_log = ""\n')
 
-    def test_access_log_is_a_directory(self) -> None:
-        path = os.path.abspath(self.mktemp())
-        os.mkdir(path)
-        self.assertConfigError(["[http] access_log", "is a directory"],
-                               options={("http", "access_log"): path})
+    def test_access_log_is_not_a_regular_file(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        fifo = os.path.abspath(self.mktemp())
+        os.mkfifo(fifo)
+        for path in (directory, fifo):
+            self.assertConfigError(["[http] access_log", "is not a regular file"],
+                                   options={("http", "access_log"): path})
 
     def test_access_log_cannot_be_created(self) -> None:
         path = os.path.join(os.path.abspath(self.mktemp()), "missing", "access.log")

@@ -55,7 +55,8 @@ class LogObserverTests(SynchronousTestCase):
         """Each line starts with the event's time as ``twisted.logger.formatTime`` writes it."""
         stream = io.StringIO()
         observer = make_log_observer(config_with(self.mktemp()), stream)
-        times = [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.2, -0.5]
+        times = [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.2, -0.5,
+                 1_700_000_000.9999998, 1_700_000_000.9999994, -1e-7, None]
         for when in times:
             observer({"log_format": "at {n}", "n": when, "log_time": when,
                       "log_level": LogLevel.info, "log_namespace": "meteord.test"})

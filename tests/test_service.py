@@ -221,6 +221,65 @@ class AccessLogTests(TestCase):
     async def test_off(self) -> None:
         self.assertEqual(await self.request_with_access_log("off"), [])
 
+    async def test_file_that_cannot_be_opened_falls_back_to_the_daemon_log(self) -> None:
+        """Checked at configuration time, unopenable at start: HTTP still answers."""
+        path = os.path.abspath(self.mktemp())
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = make_service(node_config(self.mktemp(), {("http", "access_log"): path}),
+                            reactor)
+        os.mkdir(path)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        port = await node.getServiceNamed("http").when_listening()
+        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/api/healthz",
+                                  persistent=False)
+        self.assertEqual(response.code, 200)
+        await response.content()
+        await node.stopService()
+        text = [formatEvent(event) for event in events]
+        self.assertTrue(any("[http] access_log: cannot open" in line for line in text))
+        self.assertTrue(any('"GET /api/healthz HTTP/1.1" 200' in line for line in text))
+
+    async def test_requests_finishing_during_a_stop_are_in_the_file(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        node = make_service(node_config(self.mktemp(), {("http", "access_log"): path}),
+                            reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        http = node.getServiceNamed("http")
+        port = await http.when_listening()
+        release: Deferred[None] = Deferred()
+        started: Deferred[None] = Deferred()
+
+        class Slow(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                started.callback(None)
+                release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
+                return NOT_DONE_YET
+
+        http.site.resource = Slow()
+        factory_stopped: Deferred[None] = Deferred()
+        stop_factory = http.site.stopFactory
+
+        def stopping_factory() -> None:
+            stop_factory()
+            factory_stopped.callback(None)
+
+        http.site.stopFactory = stopping_factory
+        response_d = treq.get(f"http://127.0.0.1:{port.getHost().port}/slow", persistent=False)
+        await started
+        stopped = node.stopService()
+        await factory_stopped  # the port is closed; the request is still in flight
+        release.callback(None)
+        await (await response_d).content()
+        await stopped
+        with open(path) as f:
+            self.assertIn('"GET /slow HTTP/1.1" 200', f.read())
+
 
 class ComponentTests(TestCase):
     def test_components_present_when_enabled(self) -> None:
