@@ -43,7 +43,9 @@ setup(
         "prometheus-client >= 0.20, < 1",
         "multipart >= 1.2, < 3",
         "tqdm >= 4.66, < 5",
-        "orjson >= 3.10, < 4",
+        # No wheels for armv6 (the first Raspberry Pis): the standard library's encoder is
+        # used there instead.
+        'orjson >= 3.10, < 4; platform_machine != "armv6l"',
     ],
     extras_require={
         "test": [

@@ -62,6 +62,12 @@ class IFileStore(Interface):
         @return: a Deferred firing with whether a file is stored under C{file_id}.
         """
 
+    def existing(file_ids):
+        """
+        @return: a Deferred firing with the frozenset of those of C{file_ids} that have a
+            file stored, all checked at once.
+        """
+
     def open(file_id):
         """
         Open a stored file for reading.
@@ -132,7 +138,7 @@ class IMeteorStore(Interface):
 
     def stored_ids(event_ids=(), file_ids=(), status_ids=()):
         """
-        Which of these ids are stored, in one transaction.
+        Which of these ids are stored, all asked in one call (one statement for a few ids).
         -> (frozenset of event ids, frozenset of file ids, frozenset of status ids)
         """
 

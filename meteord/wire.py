@@ -17,20 +17,27 @@ import uuid
 from decimal import Decimal
 from typing import Any, Callable
 
-import orjson
+try:
+    import orjson
+except ImportError:  # no wheel for this machine (setup.py leaves it out on armv6)
+    orjson = None
 
 __all__ = ["InvalidJSON", "decode_json", "encode_json", "format_float"]
 
 _encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
-# Documents are written by orjson (ten times faster than the standard library's C encoder).
-# It writes floats of 1e16 and above, and of 5e-7 and below, with an exponent (``1e+16``),
-# writes NaN and infinity as ``null``, and refuses keys that are not strings: when its output
-# holds an exponent or a ``null`` (or text that merely looks like one), or it refuses the value,
-# the document is written again by ``_encode``, which raises for what JSON cannot carry.
-_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# Documents are written by orjson (ten times faster than the standard library's C encoder,
+# which takes its place where orjson is not installed). Either writes floats from 1e16 up, and
+# small ones, with an exponent (``1e+16``), and orjson writes NaN and infinity as ``null`` and
+# refuses keys that are not strings: when the output holds an exponent or a ``null`` (or text
+# that merely looks like one), or the fast encoder refuses the value, the document is written
+# again by ``_encode``, which raises for what JSON cannot carry.
+_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                   if orjson is not None else 0)
 _EXPONENT = re.compile(rb"[0-9]e[-+]")
 _encode_key = json.JSONEncoder(allow_nan=False).encode
+_encode_stdlib = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
 
 
 class InvalidJSON(ValueError):
@@ -105,20 +112,30 @@ def encode_json(value: object) -> bytes:
     """
     Encode dicts, lists, tuples, strings, ints, floats, booleans and None as compact UTF-8
     JSON with YAML-1.1-safe floats. Raises ValueError for NaN or infinity and TypeError for
-    sets, bytes, datetimes and other objects (enums are written as their value and UUIDs as
-    strings, as orjson does); object keys that are numbers, booleans or None are written as strings, as the
-    ``json`` module does.
+    sets, bytes, datetimes and other objects; enums are written as their value and UUIDs as
+    strings, and object keys that are numbers, booleans or None as strings, as the ``json``
+    module does.
     """
-    try:
-        data = orjson.dumps(value, option=_ORJSON_OPTIONS)
-    except TypeError:
-        data = None
+    data = _encode_fast(value)
     if (data is None or b"null" in data
             or ((b"e-" in data or b"e+" in data) and _EXPONENT.search(data) is not None)):
         out: list[str] = []
         _encode(value, out)
         return "".join(out).encode("utf-8")
     return data
+
+
+def _encode_fast(value: object) -> bytes | None:
+    """The document as orjson (or else the standard library) writes it; None if refused."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value, option=_ORJSON_OPTIONS)
+        except TypeError:
+            return None
+    try:
+        return _encode_stdlib(value).encode("utf-8")
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def _refuse_constant(name: str) -> None:

@@ -5,13 +5,16 @@ Tests for meteord.wire: compact, YAML-1.1-safe JSON encoding and strict decoding
 import enum
 import json
 import math
-import uuid
 import re
+import uuid
+from datetime import datetime, timezone
+from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from meteord import wire
 from meteord.wire import InvalidJSON, decode_json, encode_json, format_float
 
 # The YAML 1.1 float and int forms (yaml.org/type/float.html, yaml.org/type/int.html, decimal
@@ -135,6 +138,37 @@ class EncodeJSONTests(SynchronousTestCase):
         """Strings holding ``null`` or ``1e-05`` are written as they are."""
         value = {"null": "null", "x": "1e-05 and 2E+7", "n": None}
         self.assertEqual(encode_json(value), b'{"null":"null","x":"1e-05 and 2E+7","n":null}')
+
+    def test_deep_nesting(self) -> None:
+        """Deeper than orjson goes: the Python encoder writes it."""
+        deep: object = [1.5]
+        for _ in range(300):
+            deep = [deep]
+        self.assertEqual(encode_json(deep), b"[" * 301 + b"1.5" + b"]" * 301)
+
+    def test_datetimes_refused(self) -> None:
+        self.assertRaises(TypeError, encode_json, {"t": datetime.now(timezone.utc)})
+
+    @given(json_values)
+    def test_fast_and_python_encoders_agree(self, value: object) -> None:
+        """The fast path writes exactly what the Python encoder would."""
+        out: list[str] = []
+        wire._encode(value, out)
+        self.assertEqual(encode_json(value), "".join(out).encode("utf-8"))
+
+    @given(json_values)
+    def test_without_orjson_the_same_bytes(self, value: object) -> None:
+        """Where orjson is not installed the standard library's encoder gives the same."""
+        expected = encode_json(value)
+        with mock.patch.object(wire, "orjson", None):
+            self.assertEqual(encode_json(value), expected)
+
+    def test_without_orjson_the_contract_holds(self) -> None:
+        self.patch(wire, "orjson", None)
+        self.assertEqual(encode_json({"a": 1e-05, 2: [1e20, None]}),
+                         b'{"a":0.00001,"2":[100000000000000000000.0,null]}')
+        self.assertRaises(ValueError, encode_json, [math.nan])
+        self.assertRaises(TypeError, encode_json, {"x": {1, 2}})
 
     def test_other_keys_refused(self) -> None:
         self.assertRaises(TypeError, encode_json, {(1, 2): "x"})

@@ -957,8 +957,8 @@ class RecordOperations:
     ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
         """
         Which of these event, file and status ids are stored, as three sets of ids in their
-        normal (lowercase) form: what ``has_event_id`` and the others answer, in one
-        transaction.
+        normal (lowercase) form: what ``has_event_id`` and the others answer, for all of them
+        in one call.
         """
         groups = [
             (table, column, [parse_id(value, key) for value in _sequence(key, ids)])
