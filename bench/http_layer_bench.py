@@ -2,7 +2,7 @@
 What meteord's HTTP layer costs a request, without sockets, a database or a load generator.
 
 Builds the node's real site (`meteord.service.build_site`: every API, the routing, the error
-handling, the JSON encoder, the request tracking) over a stub store whose ``get_event``
+handling, the JSON encoder, the request tracking) over a stub store whose ``get_event_wire``
 answers at once with an event of two files and eight meta items, and feeds
 ``GET /api/events/id/<id>`` to one HTTP connection over an in-memory transport. Prints the
 microseconds of one request for each access log setting: ``off``, ``file`` (twisted.web's
@@ -55,13 +55,13 @@ def an_event() -> Event:
 
 
 class StubStore:
-    """Answers ``get_event`` with one event, at once."""
+    """Answers ``get_event_wire`` with one event's wire form, made afresh each time, at once."""
 
     def __init__(self, event: Event) -> None:
         self._event = event
 
-    def get_event(self, event_id: str) -> Deferred[Event]:
-        return succeed(self._event)
+    def get_event_wire(self, event_id: str) -> Deferred[dict[str, Any]]:
+        return succeed(self._event.to_dict())
 
     def check(self) -> Deferred[bool]:
         return succeed(True)

@@ -148,6 +148,15 @@ class IMeteorStore(Interface):
     def search_events(search):
         """EventSearch -> {"count": int, "events": [Event, ...]}"""
 
+    def search_events_wire(search):
+        """
+        ``search_events`` with each event as ``Event.to_dict`` gives it, built without the
+        events. EventSearch -> {"count": int, "events": [dict, ...]}
+        """
+
+    def get_event_wire(event_id):
+        """``get_event`` as ``Event.to_dict`` gives it. -> dict or None"""
+
     def file_path_for_id(file_id):
         """The path of a stored file's bytes (not a Deferred). -> FilePath"""
 

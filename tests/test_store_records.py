@@ -36,6 +36,7 @@ from meteord.model import (
 )
 from meteord.store import _records
 from meteord.store._sql import Query, migrations
+from meteord.wire import encode_json
 from tests._stores import CAMERA, PostgresStoreMixin, SQLiteStoreMixin
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -226,6 +227,8 @@ class RoundTripTests(_Helpers):
             event_type="meteorpi:meteor", status_id=status.status_id,
             files=[second, first, second], meta=metas))
         self.assertEqual(await self.store.get_event(event.event_id), event)
+        self.assertEqual(encode_json(await self.store.get_event_wire(event.event_id)),
+                         encode_json(event.to_dict()))
         self.assertTrue(await self.store.has_event_id(event.event_id))
         self.assertFalse(await self.store.has_event_id("3" * 32))
         self.assertIsNone(await self.store.get_event("3" * 32))
@@ -418,9 +421,14 @@ class DataSetTests(_Helpers):
 
     async def events(self, expected_count: int = -1, **keys: Any) -> list[str]:
         """The names of the events a search finds; checks the count when given."""
-        result = await self.store.search_events(EventSearch(limit=0, **keys))
+        search = EventSearch(limit=0, **keys)
+        result = await self.store.search_events(search)
         names = [self.names[event.event_id] for event in result["events"]]
         self.assertEqual(result["count"], len(names) if expected_count < 0 else expected_count)
+        self.assertEqual(
+            encode_json(await self.store.search_events_wire(search)),
+            encode_json({"count": result["count"],
+                         "events": [event.to_dict() for event in result["events"]]}))
         return names
 
     async def files(self, expected_count: int = -1, **keys: Any) -> list[str]:
@@ -445,6 +453,19 @@ class DataSetTests(_Helpers):
         result = await self.store.search_files(FileRecordSearch(camera_ids="cam-b"))
         self.assertEqual(result["files"], [self.IF1, self.F5, self.F4])
         self.assertEqual(await self.store.get_event(self.IE.event_id), self.IE)
+
+    async def test_wire_forms_are_what_to_dict_gives(self) -> None:
+        """Every event read in its wire form is its entity's ``to_dict``, key order included."""
+        for name in self.ALL_EVENTS:
+            event = getattr(self, name)
+            wire = await self.store.get_event_wire(event.event_id.upper())
+            self.assertEqual(encode_json(wire), encode_json(event.to_dict()))
+        self.assertIsNone(await self.store.get_event_wire("3" * 32))
+        paged = await self.store.search_events_wire(EventSearch(limit=2, skip=1))
+        self.assertEqual(paged, {"count": len(self.ALL_EVENTS), "events": [
+            getattr(self, name).to_dict() for name in self.ALL_EVENTS[1:3]]})
+        self.assertEqual(await self.store.search_events_wire(EventSearch(camera_ids="none")),
+                         {"count": 0, "events": []})
 
     async def test_camera_ids(self) -> None:
         self.assertEqual(await self.events(camera_ids=["cam-b"]), ["IE", "E4", "E3"])
@@ -837,6 +858,8 @@ class BadInputTests(_Helpers):
             lambda: self.store.has_file_id(None),
             lambda: self.store.has_event_id(12),
             lambda: self.store.has_status_id("' OR 1=1 --"),
+            lambda: self.store.get_event_wire("' OR 1=1 --"),
+            lambda: self.store.search_events_wire({"limit": 1}),
             lambda: self.store.stored_ids("0" * 32),
             lambda: self.store.stored_ids(file_ids=[None]),
             lambda: self.store.stored_ids(status_ids=["' OR 1=1 --"]),

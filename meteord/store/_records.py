@@ -319,6 +319,73 @@ def _file_from_row(row: Sequence[Any], meta: Sequence[Meta]) -> FileRecord:
     )
 
 
+# The wire form straight from rows: what ``to_dict`` of the entity the row builds gives, without
+# building the entity (the HTTP API's searches and reads; the conformance suite checks they
+# agree for every search of its data set).
+
+
+@functools.lru_cache(maxsize=4096)
+def _nsstring_text(text: str) -> str:
+    """A stored namespaced string as the entity writes it."""
+    return str(_nsstring(text))
+
+
+def _meta_wire(key: str, meta_type: str, string: Any, number: Any, date: Any) -> dict[str, Any]:
+    if meta_type == "string":
+        value: Any = string
+    elif meta_type == "number":
+        value = float(number)
+    else:
+        value = int(date)
+    return {"type": meta_type, "key": _nsstring_text(key), "value": value}
+
+
+def _file_wire(row: Sequence[Any], meta: list[dict[str, Any]]) -> dict[str, Any]:
+    """``FileRecord.to_dict`` from the columns of ``_FILE_SELECT`` after the primary key."""
+    (file_id, camera_id, status_id, mime_type, file_name, semantic_type, file_time,
+     file_size, md5, sha256) = row
+    d: dict[str, Any] = {"file_id": file_id, "camera_id": camera_id, "mime_type": mime_type}
+    if file_name is not None:
+        d["file_name"] = file_name
+    d["semantic_type"] = _nsstring_text(semantic_type)
+    d["file_time"] = int(file_time)
+    d["file_size"] = int(file_size)
+    d["status_id"] = status_id
+    d["md5"] = md5
+    if sha256 is not None:
+        d["sha256"] = sha256
+    d["meta"] = meta
+    return d
+
+
+def _event_wire(event_id: str, camera_id: str, event_time: Any, event_type: str,
+                status_id: str, files: list[Any], meta: list[Any]) -> dict[str, Any]:
+    return {"event_id": event_id, "camera_id": camera_id, "event_time": int(event_time),
+            "event_type": _nsstring_text(event_type), "status_id": status_id,
+            "files": files, "meta": meta}
+
+
+def _event_entity(event_id: str, camera_id: str, event_time: Any, event_type: str,
+                  status_id: str, files: list[Any], meta: list[Any]) -> Event:
+    return _stored(Event, event_id=event_id, camera_id=camera_id,
+                   event_time=ms_to_datetime(int(event_time)),
+                   event_type=_nsstring(event_type), status_id=status_id,
+                   files=tuple(files), meta=tuple(meta))
+
+
+@attrs.frozen
+class _Builder:
+    """What ``_read_events`` makes of its rows: entities, or their wire form."""
+
+    meta: Callable[..., Any]
+    file: Callable[[Sequence[Any], list[Any]], Any]
+    event: Callable[..., Any]
+
+
+_ENTITIES = _Builder(_meta_from_row, _file_from_row, _event_entity)
+_WIRE = _Builder(_meta_wire, _file_wire, _event_wire)
+
+
 def _event_values(
     event: Event, imported_by: Optional[str], imported_at: Optional[int]
 ) -> tuple[Any, ...]:
@@ -420,18 +487,19 @@ _EVENT_DETAILS = (
 )
 
 
-def _read_events(chosen: str, params: Sequence[Any]) -> Operation[tuple[list[Event], Any]]:
+def _read_events(chosen: str, params: Sequence[Any],
+                 build: _Builder = _ENTITIES) -> Operation[tuple[list[Any], Any]]:
     """
     The events selected by the query ``chosen`` (columns ``_CHOSEN_COLUMNS``), in its order,
-    with their files and the meta of both, and the ``total`` column of the first (None when
-    none was selected): one statement.
+    with their files and the meta of both, as ``build`` makes them, and the ``total`` column of
+    the first (None when none was selected): one statement.
     """
     rows = yield Query(_details_sql(chosen), params)
     chosen_rows = []
     links: dict[int, list[tuple[int, int]]] = defaultdict(list)
     file_rows: dict[int, Sequence[Any]] = {}
-    event_metas: dict[int, list[tuple[int, Meta]]] = defaultdict(list)
-    file_metas: dict[int, list[tuple[int, Meta]]] = defaultdict(list)
+    event_metas: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+    file_metas: dict[int, list[tuple[int, Any]]] = defaultdict(list)
     for row in rows:
         kind, owner_pk, position, file_pk = row[:4]
         if kind == _EVENT:
@@ -440,26 +508,19 @@ def _read_events(chosen: str, params: Sequence[Any]) -> Operation[tuple[list[Eve
             links[owner_pk].append((position, file_pk))
             file_rows[file_pk] = row[4:14]
         else:
-            meta = _meta_from_row(*row[14:19])
+            meta = build.meta(*row[14:19])
             if kind == _EVENT_META:
                 event_metas[owner_pk].append((position, meta))
             else:
                 file_metas[file_pk].append((position, meta))
     files = {
-        pk: _file_from_row(row, [meta for _, meta in sorted(file_metas[pk], key=_first)])
+        pk: build.file(row, [meta for _, meta in sorted(file_metas[pk], key=_first)])
         for pk, row in file_rows.items()
     }
     events = [
-        _stored(
-            Event,
-            event_id=event_id,
-            camera_id=camera_id,
-            event_time=ms_to_datetime(int(event_time)),
-            event_type=_nsstring(event_type),
-            status_id=status_id,
-            files=tuple(files[file_pk] for _, file_pk in sorted(links[pk], key=_first)),
-            meta=tuple(meta for _, meta in sorted(event_metas[pk], key=_first)),
-        )
+        build.event(event_id, camera_id, event_time, event_type, status_id,
+                    [files[file_pk] for _, file_pk in sorted(links[pk], key=_first)],
+                    [meta for _, meta in sorted(event_metas[pk], key=_first)])
         for _, pk, *_padding, event_id, camera_id, event_time, event_type, status_id, _total
         in chosen_rows
     ]
@@ -487,8 +548,8 @@ _EVENT_BY_ID = f"SELECT {_EVENT_SELECT}, CAST(NULL AS BIGINT) FROM events e WHER
 
 
 @read_only
-def _get_event(event_id: str) -> Operation[Optional[Event]]:
-    events, _ = yield from _read_events(_EVENT_BY_ID, (event_id,))
+def _get_event(event_id: str, build: _Builder = _ENTITIES) -> Operation[Any]:
+    events, _ = yield from _read_events(_EVENT_BY_ID, (event_id,), build)
     return events[0] if events else None
 
 
@@ -546,8 +607,9 @@ def _count_without_page(search: EventSearch | FileRecordSearch) -> Operation[int
 
 
 @read_only
-def _search_events(search: EventSearch) -> Operation[tuple[list[Event], int]]:
-    events, count = yield from _read_events(*_search.page_query(search, _EVENT_SELECT))
+def _search_events(search: EventSearch,
+                   build: _Builder = _ENTITIES) -> Operation[tuple[list[Any], int]]:
+    events, count = yield from _read_events(*_search.page_query(search, _EVENT_SELECT), build)
     if events:
         return events, int(count)
     return [], (yield from _count_without_page(search))
@@ -977,6 +1039,21 @@ class RecordOperations:
         _require("search", search, EventSearch)
         events, count = await self.run(_search_events, search)
         return {"count": count, "events": events}
+
+    @_deferred
+    async def search_events_wire(self, search: EventSearch) -> dict[str, Any]:
+        """
+        ``search_events`` with each event in its wire form (``Event.to_dict``), built straight
+        from the rows: what the HTTP API sends, without building the events first.
+        """
+        _require("search", search, EventSearch)
+        events, count = await self.run(_search_events, search, _WIRE)
+        return {"count": count, "events": events}
+
+    @_deferred
+    async def get_event_wire(self, event_id: str) -> Optional[dict[str, Any]]:
+        """``get_event`` in the event's wire form (``Event.to_dict``), or None."""
+        return await self.run(_get_event, parse_id(event_id, "event_id"), _WIRE)
 
     @_deferred
     async def search_files(self, search: FileRecordSearch) -> dict[str, Any]:

@@ -261,9 +261,9 @@ class QueryAPI:
         return await self._search_events(request, read_json_body(request))
 
     async def _search_events(self, request: IRequest, search: object) -> bytes:
-        result = await self._store.search_events(EventSearch.from_dict(search, self._max_limit))
-        events = [event.to_dict() for event in result["events"]]
-        return write_json(request, 200, {"events": events, "count": result["count"]})
+        result = await self._store.search_events_wire(
+            EventSearch.from_dict(search, self._max_limit))
+        return write_json(request, 200, {"events": result["events"], "count": result["count"]})
 
     @app.route("/files/<path:search>", methods=["GET"])
     async def search_files_in_path(self, request: IRequest, search: str) -> bytes:
@@ -286,10 +286,10 @@ class QueryAPI:
     async def get_event(self, request: IRequest, event_id: str) -> bytes:
         await self._begin(request)
         event_id = parse_id(event_id, "event_id")
-        event = await self._store.get_event(event_id)
+        event = await self._store.get_event_wire(event_id)
         if event is None:
             raise entity_not_found(event_id)
-        return write_json(request, 200, {"event": event.to_dict()})
+        return write_json(request, 200, {"event": event})
 
     @app.route("/files/id/<file_id>", methods=["GET"])
     async def get_file(self, request: IRequest, file_id: str) -> bytes:
