@@ -14,6 +14,7 @@ from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     formatEventAsClassicLogText,
@@ -22,6 +23,9 @@ from twisted.logger import (
 )
 
 from meteord.config import Config
+
+# The namespace of the access log's events (a line per HTTP request).
+ACCESS_NAMESPACE = "meteord.access"
 
 
 def open_log_stream(path: str) -> IO[str]:
@@ -38,10 +42,28 @@ def make_log_observer(config: Config, stream: IO[str] | None = None) -> ILogObse
     if config.logging.format == "json":
         observer = jsonFileLogObserver(stream, recordSeparator="")
     else:
-        observer = FileLogObserver(
-            stream, lambda event: formatEventAsClassicLogText(event, formatTime=_format_time))
+        observer = FileLogObserver(stream, _format_text)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(config.logging.level))
     return FilteringLogObserver(observer, [predicate])
+
+
+def _format_text(event: LogEvent) -> Optional[str]:
+    """
+    An event as ``formatEventAsClassicLogText`` writes it. An access log line (one a request,
+    already formatted) is written without the general formatter, which parses the format
+    string and works out the system name for every event.
+    """
+    line = event.get("line")
+    level = _LEVEL_NAMES.get(event.get("log_level"))
+    if (event.get("log_namespace") == ACCESS_NAMESPACE and event.get("log_format") == "{line}"
+            and isinstance(line, str) and line and level is not None
+            and "log_system" not in event and "log_failure" not in event):
+        text = line.replace("\n", "\n\t")
+        return f"{_format_time(event.get('log_time'))} [{ACCESS_NAMESPACE}#{level}] {text}\n"
+    return formatEventAsClassicLogText(event, formatTime=_format_time)
+
+
+_LEVEL_NAMES = {level: level.name for level in LogLevel.iterconstants()}
 
 
 @functools.lru_cache(maxsize=8)

@@ -25,13 +25,14 @@ from twisted.web.server import Request, Site
 
 from meteord import __version__
 from meteord.config import ACCESS_LOG_CHOICES, Config, mask_url
+from meteord.logs import ACCESS_NAMESPACE
 from meteord.web._request import StreamingRequest
 from meteord.web.ops import OperationsAPI
 from meteord.web.responses import write_json_error
 from meteord.web.root import APIRoot
 
 log = Logger()
-_access_log = Logger(namespace="meteord.access")
+_access_log = Logger(namespace=ACCESS_NAMESPACE)
 
 HTTP_STOP_GRACE_SECONDS = 10.0
 

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import io
 import json
+from unittest import mock
 
 from twisted.internet import reactor
-from twisted.logger import Logger, LogLevel, formatTime, globalLogPublisher
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    formatEventAsClassicLogText,
+    formatTime,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meteord.config import load_config
-from meteord.logs import make_log_observer
+from meteord import logs
+from meteord.logs import ACCESS_NAMESPACE, make_log_observer
 from meteord.service import make_service
 
 
@@ -63,6 +71,33 @@ class LogObserverTests(SynchronousTestCase):
         lines = stream.getvalue().splitlines()
         self.assertEqual([line.split(" ", 1)[0] for line in lines],
                          [formatTime(when) for when in times])
+
+    def test_access_lines_as_the_general_formatter_writes_them(self) -> None:
+        """The access log's short cut writes exactly what formatEventAsClassicLogText does."""
+        line = '"127.0.0.1" - - [23/Nov/2026:05:01:04 +0000] "GET /x HTTP/1.1" 200 2 "-" "-"'
+        base = {"log_namespace": ACCESS_NAMESPACE, "log_format": "{line}",
+                "log_level": LogLevel.info, "log_time": 1_700_000_000.25, "line": line}
+        short_cut = [
+            base,
+            {**base, "line": "two\nlines {with} braces"},
+            {**base, "log_level": LogLevel.warn},
+            {**base, "log_time": None},
+        ]
+        general = [
+            {**base, "log_system": "elsewhere"},
+            {**base, "log_namespace": "meteord.other"},
+            {**base, "line": ""},
+        ]
+        expected = [formatEventAsClassicLogText(event, formatTime=logs._format_time)
+                    for event in short_cut + general]
+
+        def not_called(event, formatTime):
+            raise AssertionError("the general formatter wrote an access line")
+
+        with mock.patch.object(logs, "formatEventAsClassicLogText", not_called):
+            written = [logs._format_text(event) for event in short_cut]
+        written += [logs._format_text(event) for event in general]
+        self.assertEqual(written, expected)
 
     def test_log_file(self) -> None:
         path = self.mktemp()
