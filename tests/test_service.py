@@ -35,6 +35,25 @@ def node_config(data_dir: str, options=None):
     return load_config(environ={}, options=settings, ephemeral_ports=True)
 
 
+def slow_resource() -> tuple[Resource, Deferred[None], Deferred[None]]:
+    """
+    A resource that answers every request with ``{}`` once ``release`` fires; ``started``
+    fires when the first request reaches it.
+    """
+    release: Deferred[None] = Deferred()
+    started: Deferred[None] = Deferred()
+
+    class Slow(Resource):
+        isLeaf = True
+
+        def render(self, request):
+            started.callback(None)
+            release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
+            return NOT_DONE_YET
+
+    return Slow(), started, release
+
+
 class ServiceTests(TestCase):
     async def start_node(self, options=None):
         node = make_service(node_config(self.mktemp(), options), reactor)
@@ -97,18 +116,7 @@ class ServiceTests(TestCase):
     async def test_stop_lets_a_request_in_flight_finish(self) -> None:
         node = await self.start_node()
         site = node.getServiceNamed("http").site
-        release: Deferred[None] = Deferred()
-        started: Deferred[None] = Deferred()
-
-        class Slow(Resource):
-            isLeaf = True
-
-            def render(self, request):
-                started.callback(None)
-                release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
-                return NOT_DONE_YET
-
-        site.resource = Slow()
+        site.resource, started, release = slow_resource()
         response_d = treq.get(self.base + "/api/healthz", persistent=False)
         await started
         stopped = node.stopService()
@@ -250,18 +258,7 @@ class AccessLogTests(TestCase):
         self.addCleanup(lambda: node.stopService() if node.running else None)
         http = node.getServiceNamed("http")
         port = await http.when_listening()
-        release: Deferred[None] = Deferred()
-        started: Deferred[None] = Deferred()
-
-        class Slow(Resource):
-            isLeaf = True
-
-            def render(self, request):
-                started.callback(None)
-                release.addCallback(lambda _: (request.write(b"{}"), request.finish()))
-                return NOT_DONE_YET
-
-        http.site.resource = Slow()
+        http.site.resource, started, release = slow_resource()
         factory_stopped: Deferred[None] = Deferred()
         stop_factory = http.site.stopFactory
 
