@@ -130,13 +130,6 @@ def _time_ms(key: str, value: object) -> int:
     return datetime_to_ms(value)
 
 
-def _sequence(key: str, value: object) -> Sequence[Any]:
-    """A list or tuple argument; InvalidEntity naming ``key`` otherwise (a str is not one)."""
-    if not isinstance(value, (list, tuple)):
-        raise InvalidEntity(key, f"expected a list, not {type(value).__name__}")
-    return value
-
-
 def _require(key: str, value: object, cls: type) -> None:
     if not isinstance(value, cls):
         raise InvalidEntity(key, f"expected a {cls.__name__}, not {type(value).__name__}")
