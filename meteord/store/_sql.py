@@ -255,18 +255,25 @@ class PostgresDatabase:
             """A connection that can run an interaction outside a transaction."""
 
             statements = _PreparedStatements()
+            _read_cursor: Any = None
 
             def connect(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
                 # Prepared statements belong to the server session, which ends with the
                 # connection: a reconnected one starts without any.
                 self.statements = _PreparedStatements()
+                self._read_cursor = None
                 return super().connect(*args, **kwargs)
 
             def runWithoutTransaction(self, interaction: Callable[..., Any],
                                       *args: Any) -> Deferred[Any]:
-                # _doit is what runInteraction goes through: the connection's lock and the
-                # dead connection detector.
-                return self._doit(lambda: interaction(self.cursor(), self.statements, *args))
+                # The pool hands a connection to one caller at a time, so the lock that
+                # runInteraction takes (for callers sharing a connection) is not needed, and
+                # one cursor serves every read of the session; the dead connection detector
+                # still watches each call.
+                if self._read_cursor is None:
+                    self._read_cursor = self.cursor()
+                return self.detector.callChecking(
+                    interaction, self._read_cursor, self.statements, *args)
 
             def doRead(self) -> Any:
                 # An idle connection whose server went away: hand the error to the reactor as
