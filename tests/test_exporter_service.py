@@ -307,7 +307,8 @@ class FakeImporter:
         self.max_in_flight = 0
         self.cancelled = 0
 
-    def post(self, url: str, data: Any = None, headers: Any = None) -> Deferred:
+    def post(self, url: str, data: Any = None, headers: Any = None, **options: Any) -> Deferred:
+        # ``options`` (redirects, buffering) concern treq's handling of real responses.
         request = FakeRequest(url, headers)
         self.requests.append(request)
         consumer = _Collect()

@@ -116,6 +116,22 @@ class CompleteImporter(Resource):
         return json.dumps({"state": "complete"}).encode()
 
 
+class RedirectingImporter(CompleteImporter):
+    """An importer that answers at its URL with a redirect to itself one segment further."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redirects = 0
+
+    def render_POST(self, request: Any) -> bytes:
+        if request.path.endswith(b"/moved"):
+            return super().render_POST(request)
+        self.redirects += 1
+        request.setResponseCode(307)
+        request.setHeader(b"location", request.path + b"/moved")
+        return b""
+
+
 class CAFileTests(SynchronousTestCase):
     """Reading CA files, fingerprints and the choice of policy."""
 
@@ -250,6 +266,14 @@ class ExportOverTLSTests(TestCase):
         self.assertCompleted(config)
         self.assertEqual(len(readers), 1)
         self.assertNotEqual(readers[0], threading.get_ident())
+
+    async def test_redirect_is_not_followed(self) -> None:
+        # The import goes to the configured URL; a streamed upload could not be sent again.
+        self.importer = RedirectingImporter()
+        url = await self.serve(self.authority.issue(LOOPBACK))
+        config, _ = await self.export(url, ca_file=self.ca_file)
+        self.assertTransportFailure(config, "HTTP 307 from importer")
+        self.assertEqual(self.importer.redirects, 1)
 
     async def test_untrusted_certificate_without_tls_settings_fails_in_transport(
             self) -> None:

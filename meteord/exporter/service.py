@@ -696,7 +696,10 @@ class ExporterService(Service):
                    b"Authorization": [_basic_auth(config.user_id, config.password)]}
 
         async def round_trip() -> tuple[int, bytes]:
-            response = await http.post(url, data=body, headers=headers)
+            # Not buffered: _read_reply reads the body, bounded. No redirects: the importer's
+            # URL is configured as it is, and a streamed upload could not be sent again.
+            response = await http.post(url, data=body, headers=headers, allow_redirects=False,
+                                       unbuffered=True)
             return response.code, await _read_reply(response)
 
         d = Deferred.fromCoroutine(round_trip())
