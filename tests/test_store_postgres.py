@@ -6,6 +6,8 @@ store works again once the server is back, without being reopened.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -13,15 +15,47 @@ from twisted.trial.unittest import TestCase
 
 from meteord.errors import StoreUnavailable
 from meteord.model import User
+from meteord.store._sql import Operation, Query, read_only
 from tests._postgres import postgres_cluster
 from tests._stores import PostgresStoreMixin
 
 RECONNECT_ATTEMPTS = 100
 
 
+@read_only
+def _select_seven() -> Operation[int]:
+    rows = yield Query("SELECT 7")
+    return rows[0][0]
+
+
+@read_only
+def _slow_read() -> Operation[int]:
+    rows = yield Query("SELECT 7 FROM pg_sleep(60)")
+    return rows[0][0]
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _terminate_slow_reads() -> int:
+    """End the server sessions running `_slow_read`; how many there were."""
+    import psycopg2
+
+    connection = psycopg2.connect(**postgres_cluster().connect_kwargs())
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+            return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
 class PostgresRestartTests(PostgresStoreMixin, TestCase):
     async def test_store_works_again_after_a_server_restart(self) -> None:
         await self.store.create_or_update_user("keeper", "secret-1", ["user"])
+        descriptors = _open_descriptors()
         await deferToThread(postgres_cluster().restart)
 
         consecutive = 0
@@ -39,6 +73,12 @@ class PostgresRestartTests(PostgresStoreMixin, TestCase):
         self.assertEqual(consecutive, 8)
         self.assertEqual(users, [User(user_id="keeper", roles=frozenset({"user"}))])
         self.assertTrue(await self.store.check())
+        # Every connection back, none left behind: as many descriptors open as before.
+        for _ in range(RECONNECT_ATTEMPTS):
+            if not any(d.connectionIsDead for d in self.store.database._detectors):
+                break
+            await deferLater(reactor, 0.1)
+        self.assertEqual(_open_descriptors(), descriptors)
 
     async def test_errors_during_the_outage_are_typed(self) -> None:
         cluster = postgres_cluster()
@@ -48,3 +88,25 @@ class PostgresRestartTests(PostgresStoreMixin, TestCase):
             with self.assertRaises(StoreUnavailable):
                 await self.store.get_users()
         self.assertFalse(await self.store.check())
+
+    async def test_read_cut_off_by_the_server_fails_typed_and_the_store_recovers(
+            self) -> None:
+        await self.store.create_or_update_user("keeper", "secret-1", ["user"])
+        slow = self.store.run(_slow_read)
+        terminated = 0
+        for _ in range(RECONNECT_ATTEMPTS):
+            terminated = await deferToThread(_terminate_slow_reads)
+            if terminated:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(terminated, 1)
+        with self.assertRaises(StoreUnavailable):
+            await slow
+        for _ in range(RECONNECT_ATTEMPTS):
+            try:
+                users = await self.store.get_users()
+                break
+            except StoreUnavailable:
+                await deferLater(reactor, 0.1)
+        self.assertEqual(users, [User(user_id="keeper", roles=frozenset({"user"}))])
+        self.assertEqual(await self.store.run(_select_seven), 7)
