@@ -27,9 +27,8 @@ from typing import Any, Callable, Generator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from meteord.errors import ConstraintViolation, SchemaTooNew, StoreUnavailable
 
@@ -252,114 +251,31 @@ class PostgresDatabase:
         def connection_died(failure: Any) -> bool:
             return not self._closed and reconnection.defaultDeathChecker(failure)
 
-        set_up = (psycopg2.extensions.STATUS_READY, psycopg2.extensions.STATUS_BEGIN)
-
         class _Connection(txpostgres.Connection):
-            """
-            A connection that also runs reads outside a transaction: `read` sends one
-            statement and the connection polls it to the end itself, without txpostgres's
-            cursor, its Deferreds and the reactor turn it waits before handing over a result.
-
-            Once set up, the connection's socket is watched through a duplicate descriptor
-            (`fileno`), which stays open, and so can be unregistered from the reactor, after
-            libpq closes its own on finding the server gone. That lets a read poll while the
-            socket stays watched, where txpostgres's cursors unregister and register it again
-            around every poll.
-            """
+            """A connection that can run an interaction outside a transaction."""
 
             statements = _PreparedStatements()
             _read_cursor: Any = None
-            _reading: Optional[Deferred[Result]] = None
-            _watched: Optional[tuple[Any, int]] = None  # (psycopg2 connection, duplicate)
 
             def connect(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
-                self._forget_watched()
                 # Prepared statements belong to the server session, which ends with the
                 # connection: a reconnected one starts without any.
                 self.statements = _PreparedStatements()
                 self._read_cursor = None
                 return super().connect(*args, **kwargs)
 
-            def close(self) -> None:
-                try:
-                    super().close()
-                finally:
-                    self._forget_watched()
-
-            def fileno(self) -> int:
-                connection = self._connection
-                watched = self._watched
-                if watched is not None and watched[0] is connection:
-                    return watched[1]
-                if (connection is not None and not connection.closed
-                        and connection.status in set_up):
-                    self._watched = (connection, os.dup(connection.fileno()))
-                    return self._watched[1]
-                return super().fileno()
-
-            def _forget_watched(self) -> None:
-                """Unregister and close the duplicate of the current connection's socket."""
-                watched = self._watched
-                if watched is None:
-                    return
-                if watched[0] is self._connection:
-                    self.reactor.removeReader(self)
-                    self.reactor.removeWriter(self)
-                self._watched = None
-                os.close(watched[1])
-
             def runWithoutTransaction(self, interaction: Callable[..., Any],
                                       *args: Any) -> Deferred[Any]:
                 # The pool hands a connection to one caller at a time, so the lock that
-                # runInteraction takes (for callers sharing a connection) is not needed;
-                # the dead connection detector still watches each call.
-                return self.detector.callChecking(interaction, self, *args)
-
-            def read(self, sql: str, params: tuple) -> Deferred[Result]:
-                """The rows of one statement, run while the connection is otherwise idle."""
+                # runInteraction takes (for callers sharing a connection) is not needed, and
+                # one cursor serves every read of the session; the dead connection detector
+                # still watches each call.
                 if self._read_cursor is None:
-                    self._read_cursor = self._connection.cursor()
-                try:
-                    self._read_cursor.execute(sql, params)
-                except Exception:
-                    return fail()
-                reading = self._reading = Deferred()
-                self._poll_reading()
-                return reading
-
-            def _poll_reading(self) -> None:
-                """Move the statement on; settle it once it is done."""
-                reading = self._reading
-                assert reading is not None
-                outcome: Any
-                try:
-                    state = self._connection.poll()
-                    if state == psycopg2.extensions.POLL_READ:
-                        self.reactor.addReader(self)
-                        return
-                    if state == psycopg2.extensions.POLL_WRITE:
-                        self.reactor.addWriter(self)
-                        return
-                    if state != psycopg2.extensions.POLL_OK:
-                        raise txpostgres.UnexpectedPollResult()
-                    cursor = self._read_cursor
-                    outcome = Result(cursor.fetchall() if cursor.description else ())
-                    outcome.rowcount = cursor.rowcount
-                except Exception:
-                    outcome = Failure()
-                self._reading = None
-                if self._connection.closed:
-                    self.reactor.removeReader(self)
-                    self.reactor.removeWriter(self)
-                if isinstance(outcome, Failure):
-                    reading.errback(outcome)
-                else:
-                    reading.callback(outcome)
+                    self._read_cursor = self.cursor()
+                return self.detector.callChecking(
+                    interaction, self._read_cursor, self.statements, *args)
 
             def doRead(self) -> Any:
-                if self._reading is not None:
-                    self._poll_reading()
-                    return None
                 # An idle connection whose server went away: hand the error to the reactor as
                 # the reason the connection was lost (the detector then reconnects) instead of
                 # raising it, which the reactor would log as an unhandled error.
@@ -371,22 +287,6 @@ class PostgresDatabase:
                     # txpostgres re-registers a socket psycopg2 has just closed (descriptor
                     # -1): the same lost connection, named so that the detector reconnects.
                     return psycopg2.OperationalError(f"connection lost: {e}")
-
-            def doWrite(self) -> Any:
-                if self._reading is not None:
-                    self.reactor.removeWriter(self)
-                    self._poll_reading()
-                    return None
-                return super().doWrite()
-
-            def connectionLost(self, reason: Any) -> None:
-                reading, self._reading = self._reading, None
-                if reading is not None:
-                    # Named as psycopg2 names a lost server: the detector then reconnects,
-                    # and the caller gets StoreUnavailable.
-                    reading.errback(psycopg2.OperationalError(
-                        f"connection lost: {reason.getErrorMessage()}"))
-                super().connectionLost(reason)
 
         class _Detector(reconnection.DeadConnectionDetector):
             """
@@ -456,19 +356,18 @@ class PostgresDatabase:
         """
         if getattr(operation, "read_only", False):
             d = self._pool.runWithoutTransaction(
-                lambda connection: Deferred.fromCoroutine(
-                    self._drive_prepared(connection, operation, args)))
+                lambda cursor, statements: Deferred.fromCoroutine(
+                    self._drive_prepared(cursor, statements, operation, args)))
         else:
             d = self._pool.runInteraction(
                 lambda cursor: Deferred.fromCoroutine(self._drive(cursor, operation, args)))
         return d.addErrback(_translate_failure)
 
     @staticmethod
-    async def _drive_prepared(connection: Any, operation: Callable[..., Operation[T]],
-                              args: tuple) -> T:
+    async def _drive_prepared(cursor: Any, statements: _PreparedStatements,
+                              operation: Callable[..., Operation[T]], args: tuple) -> T:
         import psycopg2
 
-        statements = connection.statements
         generator = operation(*args)
         try:
             query = next(generator)
@@ -478,7 +377,7 @@ class PostgresDatabase:
                 params = tuple(query.params)
                 text, preparing = statements.statement(query.sql, len(params))
                 try:
-                    result = await connection.read(text or _postgres_sql(query.sql), params)
+                    await cursor.execute(text or _postgres_sql(query.sql), params)
                 except psycopg2.ProgrammingError:
                     if not preparing:
                         statements.forget(query.sql)
@@ -487,10 +386,12 @@ class PostgresDatabase:
                     # say): run it as it is, now and from now on. Reads have no side effects,
                     # so running the statement again is safe.
                     statements.refuse(query.sql)
-                    result = await connection.read(_postgres_sql(query.sql), params)
+                    await cursor.execute(_postgres_sql(query.sql), params)
                 except Exception:
                     statements.forget(query.sql)
                     raise
+                result = Result(cursor.fetchall() if cursor.description else ())
+                result.rowcount = cursor.rowcount
                 query = generator.send(result)
         except StopIteration as stop:
             return stop.value
