@@ -47,17 +47,12 @@ class _TrackedRequest(StreamingRequest):
 
     def process(self) -> None:
         site = self.channel.site
-        site.in_flight.add(self)
-        timer = site.clock.callLater(site.request_timeout, self._timed_out)
-        self.notifyFinish().addBoth(lambda _: self._finished(site, timer))
+        site.track(self)
+        self.notifyFinish().addBoth(lambda _: site.untrack(self))
         super().process()
 
-    def _finished(self, site: "MeteordSite", timer: Any) -> None:
-        site.in_flight.discard(self)
-        if timer.active():
-            timer.cancel()
-
-    def _timed_out(self) -> None:
+    def time_out(self) -> None:
+        """Answer 503 unless the response is done or under way, or the client is gone."""
         if self.finished or self._disconnected or self.startedWriting:
             return
         log.warn("{method} {path} timed out", method=self.method.decode("ascii", "replace"),
@@ -87,6 +82,38 @@ class MeteordSite(Site):
         self.request_timeout = request_timeout
         self.in_flight: set[Request] = set()
         self._access_log = access_log
+        # Deadlines of the requests in flight, oldest first (the timeout is the same for all),
+        # and the one timer due at the oldest: a busy site schedules a timer now and then
+        # rather than one per request.
+        self._deadlines: dict[Request, float] = {}
+        self._deadline_call: Any = None
+
+    def track(self, request: Request) -> None:
+        """``request`` is being answered; it times out ``request_timeout`` seconds from now."""
+        self.in_flight.add(request)
+        self._deadlines[request] = self.clock.seconds() + self.request_timeout
+        if self._deadline_call is None:
+            self._deadline_call = self.clock.callLater(self.request_timeout, self._time_out)
+
+    def untrack(self, request: Request) -> None:
+        """``request`` is done with; with nothing left in flight, no timer stays pending."""
+        self.in_flight.discard(request)
+        self._deadlines.pop(request, None)
+        if not self._deadlines and self._deadline_call is not None:
+            self._deadline_call.cancel()
+            self._deadline_call = None
+
+    def _time_out(self) -> None:
+        """Time out the requests whose deadline has passed; wait for the next one."""
+        self._deadline_call = None
+        now = self.clock.seconds()
+        while self._deadlines:
+            request, deadline = next(iter(self._deadlines.items()))
+            if deadline > now:
+                self._deadline_call = self.clock.callLater(deadline - now, self._time_out)
+                return
+            del self._deadlines[request]
+            request.time_out()
 
     def log(self, request: Request) -> None:
         if self._access_log == "log":

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from meteord import __version__
 from meteord.config import load_config
@@ -186,6 +186,45 @@ class ServiceTests(TestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
         self.assertEqual(site.in_flight, set())
+
+    async def test_each_request_times_out_at_its_own_deadline(self) -> None:
+        node = await self.start_node({("http", "request_timeout"): "2"})
+        site = node.getServiceNamed("http").site
+        clock = Clock()
+        site.clock = clock
+        arrived: list[Deferred[Request]] = [Deferred(), Deferred()]
+
+        class Stuck(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                if request.path.endswith(b"/done"):
+                    return b"{}"
+                arrived.pop(0).callback(request)
+                return NOT_DONE_YET  # and never done
+
+        site.resource = Stuck()
+        first_d = treq.get(self.base + "/api/first", persistent=False)
+        first = await arrived[0]
+        clock.advance(1.5)
+        second_d = treq.get(self.base + "/api/second", persistent=False)
+        second = await arrived[0]
+        # A request answered in time leaves the others' deadlines as they were.
+        done = await treq.get(self.base + "/api/done", persistent=False)
+        self.assertEqual(done.code, 200)
+        await done.content()
+        clock.advance(0.5)
+        self.assertEqual((first.finished, second.finished), (True, False))
+        clock.advance(1.4)
+        self.assertFalse(second.finished)
+        clock.advance(0.1)
+        self.assertTrue(second.finished)
+        for response_d in (first_d, second_d):
+            response = await response_d
+            self.assertEqual(response.code, 503)
+            await response.content()
+        self.assertEqual(site.in_flight, set())
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class AccessLogTests(TestCase):
