@@ -11,9 +11,10 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.web.test.requesthelper import DummyRequest
 
+from meteord.errors import StoreUnavailable
 from meteord.web.auth import Authenticator
 from meteord.web.errors import APIError, install_error_handlers
 from meteord.web.responses import write_json
@@ -134,6 +135,13 @@ class CacheTests(WebTestCase):
             self.assertEqual(raised.exception.status, 401)
         self.assertEqual(self.counting.calls, 1)
         self.assertEqual(self.auth.delay_for("192.0.2.7"), 0.0)
+
+    async def test_a_store_failing_at_once_fails_the_login_at_once(self) -> None:
+        self.patch(self.counting, "get_user",
+                   lambda *args: fail(StoreUnavailable("database unavailable")))
+        login = Deferred.fromCoroutine(self.login())
+        self.assertIsInstance(self.failureResultOf(login).value, StoreUnavailable)
+        self.assertEqual(self.auth._checking, {})
 
     async def test_wrong_password_is_not_answered_from_the_cache(self) -> None:
         await self.login()

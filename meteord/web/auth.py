@@ -157,14 +157,17 @@ class Authenticator:
         user = self._cached(key)
         if user is not None:
             return user
+        waiter: Deferred[User] = Deferred()
         waiters = self._checking.get(key)
-        if waiters is None:
-            waiters = self._checking[key] = []
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            # Registered before the check starts: a check that ends at once (the store
+            # refusing while it reconnects) must still find this waiter.
+            self._checking[key] = [waiter]
             check = Deferred.fromCoroutine(
                 self._check(user_id, password, key, _client_address(request)))
             check.addBoth(self._deliver, key)
-        waiter: Deferred[User] = Deferred()
-        waiters.append(waiter)
         return await waiter
 
     def _deliver(self, outcome: Any, key: bytes) -> None:
