@@ -18,8 +18,14 @@ from typing import Any, Optional
 
 import treq
 from twisted.internet import reactor, task
-from twisted.internet.defer import DeferredList, ensureDeferred
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    succeed,
+)
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
@@ -31,7 +37,7 @@ from meteord.model import (
     Orientation)
 from meteord.web._request import JSON_BODY_LIMIT, StreamingRequest
 from meteord.web.auth import Authenticator
-from meteord.web.importer import ImportAPI
+from meteord.web.importer import ImportAPI, _Serialised
 from meteord.web.root import APIRoot
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
 
@@ -424,3 +430,28 @@ class LargeUploadTests(ImporterFixture, SQLiteStoreMixin, TestCase):
         [request] = _RecordingRequest.seen
         self.assertIsNotNone(request.body_sink)
         self.assertEqual(request.buffered_bytes, 0)
+
+
+class SerialisedTests(SynchronousTestCase):
+    """The importer's one-holder-per-key queue (messages about one entity, in turn)."""
+
+    def test_a_cancelled_waiter_leaves_the_queue(self) -> None:
+        serialised = _Serialised()
+        held: list[str] = []
+
+        async def hold(name: str, until: Deferred[None]) -> None:
+            async with serialised.holding("status"):
+                held.append(name)
+                await until
+
+        release = Deferred()
+        first = Deferred.fromCoroutine(hold("first", release))
+        second = Deferred.fromCoroutine(hold("second", succeed(None)))
+        third = Deferred.fromCoroutine(hold("third", succeed(None)))
+        second.cancel()  # its client went away while it waited
+        self.failureResultOf(second, CancelledError)
+        release.callback(None)
+        self.successResultOf(first)
+        self.successResultOf(third)
+        self.assertEqual(held, ["first", "third"])
+        self.assertEqual(serialised._locks, {})

@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any, AsyncIterator, Optional
 
 from klein import Klein
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -108,28 +108,27 @@ async def _all(deferreds: list[Deferred[Any]]) -> list[Any]:
 
 
 class _Serialised:
-    """One holder at a time per key; waiters are served in arrival order."""
+    """
+    One holder at a time per key, waiters served in arrival order: a `DeferredLock` per key
+    held or waited for (a waiter whose request is cancelled leaves the queue).
+    """
 
     def __init__(self) -> None:
-        self._waiting: dict[str, list[Deferred[None]]] = {}
+        self._locks: dict[str, DeferredLock] = {}
 
     @asynccontextmanager
     async def holding(self, key: str) -> AsyncIterator[None]:
         """Hold ``key`` for the body of the ``async with``."""
-        if key in self._waiting:
-            turn: Deferred[None] = Deferred()
-            self._waiting[key].append(turn)
-            await turn
-        else:
-            self._waiting[key] = []
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+        await lock.acquire()
         try:
             yield
         finally:
-            waiters = self._waiting[key]
-            if waiters:
-                waiters.pop(0).callback(None)
-            else:
-                del self._waiting[key]
+            lock.release()
+            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
+                del self._locks[key]
 
 
 class _UploadReceiver:
