@@ -51,8 +51,13 @@ class _TrackedRequest(StreamingRequest):
         self.notifyFinish().addBoth(lambda _: site.untrack(self))
         super().process()
 
+    timed_out = False
+
     def time_out(self) -> None:
-        """Answer 503 unless the response is done or under way, or the client is gone."""
+        """
+        Answer 503 unless the response is done or under way, or the client is gone. What the
+        handler writes when it ends after all is dropped.
+        """
         if self.finished or self._disconnected or self.startedWriting:
             return
         log.warn("{method} {path} timed out", method=self.method.decode("ascii", "replace"),
@@ -61,6 +66,11 @@ class _TrackedRequest(StreamingRequest):
         self.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()
+        self.timed_out = True
+
+    def write(self, data: bytes) -> None:
+        if not self.timed_out:
+            super().write(data)
 
 
 class MeteordSite(Site):
@@ -104,15 +114,24 @@ class MeteordSite(Site):
             self._deadline_call = None
 
     def _time_out(self) -> None:
-        """Time out the requests whose deadline has passed; wait for the next one."""
-        self._deadline_call = None
+        """
+        Time out the requests whose deadline has passed, once the timer for the next one is
+        set: answering one can start the next request pipelined on its connection, which is
+        tracked (and must find that timer) there and then.
+        """
         now = self.clock.seconds()
-        while self._deadlines:
-            request, deadline = next(iter(self._deadlines.items()))
+        expired = []
+        for request, deadline in self._deadlines.items():
             if deadline > now:
-                self._deadline_call = self.clock.callLater(deadline - now, self._time_out)
-                return
+                break
+            expired.append(request)
+        for request in expired:
             del self._deadlines[request]
+        self._deadline_call = None
+        for deadline in self._deadlines.values():
+            self._deadline_call = self.clock.callLater(deadline - now, self._time_out)
+            break
+        for request in expired:
             request.time_out()
 
     def log(self, request: Request) -> None:
@@ -213,13 +232,14 @@ class HTTPService(Service):
             return
         waiting = DeferredList(pending, consumeErrors=True)
         timer = self._clock.callLater(self._grace, waiting.cancel)
-        try:
-            await waiting
-        except Exception:
-            for request in list(self.site.in_flight):
-                request.channel.transport.abortConnection()
-        else:
+        # A cancelled DeferredList fires (with its members' CancelledErrors), so whether the
+        # grace ran out is the timer's to say.
+        await waiting
+        if timer.active():
             timer.cancel()
+            return
+        for request in list(self.site.in_flight):
+            request.channel.transport.abortConnection()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -13,19 +13,23 @@ import subprocess
 import sys
 
 import treq
+from klein import Klein
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
+from twisted.web._newclient import ResponseFailed
 from twisted.web.server import NOT_DONE_YET, Request
 
 from meteord import __version__
 from meteord.config import load_config
 from meteord.errors import StoreUnavailable
-from meteord.service import make_service
+from meteord.service import HTTP_STOP_GRACE_SECONDS, make_service
 
 
 def node_config(data_dir: str, options=None):
@@ -127,6 +131,28 @@ class ServiceTests(TestCase):
         await response.content()
         await stopped
 
+    async def test_stop_drops_a_request_still_in_flight_after_the_grace(self) -> None:
+        node = await self.start_node()
+        http = node.getServiceNamed("http")
+        clock = Clock()
+        http._clock = clock
+        http.site.resource, started, _ = slow_resource()
+        response_d = treq.get(self.base + "/api/healthz", persistent=False)
+        await started
+        stopped = node.stopService()
+        for _ in range(1000):  # the grace starts once the port has closed
+            if clock.getDelayedCalls():
+                break
+            await deferLater(reactor, 0.001)
+        clock.advance(HTTP_STOP_GRACE_SECONDS - 0.1)
+        self.assertEqual(len(http.site.in_flight), 1)
+        clock.advance(0.1)
+        await stopped
+        self.assertEqual(self.flushLoggedErrors(), [])
+        with self.assertRaises(ResponseFailed):
+            await response_d
+        self.assertEqual(http.site.in_flight, set())
+
     async def test_first_start_creates_admin_with_password_file(self) -> None:
         data_dir = self.mktemp()
         node = make_service(node_config(data_dir), reactor)
@@ -225,6 +251,80 @@ class ServiceTests(TestCase):
             await response.content()
         self.assertEqual(site.in_flight, set())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_a_pipelined_request_started_by_a_time_out_keeps_one_timer(self) -> None:
+        node = await self.start_node({("http", "request_timeout"): "2"})
+        site = node.getServiceNamed("http").site
+        clock = Clock()
+        site.clock = clock
+        arrived: list[Deferred[Request]] = [Deferred(), Deferred()]
+
+        class Stuck(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                arrived.pop(0).callback(request)
+                return NOT_DONE_YET  # and never done
+
+        site.resource = Stuck()
+        received: Deferred[bytes] = Deferred()
+        request_bytes = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+        class Client(Protocol):
+            data = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+                if self.data.count(b"HTTP/1.1 503") == 2:
+                    received.callback(self.data)
+                    self.transport.loseConnection()
+
+        port = node.getServiceNamed("http").port.getHost().port
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+            Factory.forProtocol(Client))
+        first_arrived, second_arrived = arrived
+        client.transport.write(request_bytes)
+        first = await first_arrived
+        # The second request reaches the server while the first is handled: twisted.web
+        # keeps it, and starts it as soon as the first is answered, within the time-out.
+        client.transport.write(request_bytes)
+        for _ in range(1000):
+            if first.channel._dataBuffer:
+                break
+            await deferLater(reactor, 0.001)
+        self.assertTrue(first.channel._dataBuffer)
+        clock.advance(2)
+        self.assertTrue(first.finished)
+        second = self.successResultOf(second_arrived)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [4.0])
+        clock.advance(2)
+        self.assertTrue(second.finished)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual((await received).count(b"Request timed out"), 2)
+
+    async def test_what_a_handler_writes_after_its_time_out_is_dropped(self) -> None:
+        node = await self.start_node({("http", "request_timeout"): "2"})
+        site = node.getServiceNamed("http").site
+        clock = Clock()
+        site.clock = clock
+        started: Deferred[None] = Deferred()
+        release: Deferred[None] = Deferred()
+        app = Klein()
+
+        @app.route("/api/late", methods=["GET"])
+        async def late(request: Request) -> bytes:
+            started.callback(None)
+            await release
+            return b'{"late": true}'
+
+        site.resource = app.resource()
+        response_d = treq.get(self.base + "/api/late", persistent=False)
+        await started
+        clock.advance(2)
+        response = await response_d
+        self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
+        release.callback(None)  # a write after the 503 would be logged as an error
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class AccessLogTests(TestCase):
