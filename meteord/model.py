@@ -90,6 +90,9 @@ __all__ = [
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+# Meta constraints in one search: each is a sub-query of the statement, and SQLite refuses
+# a statement nested past a depth of 1,000.
+MAX_META_CONSTRAINTS = 32
 MAX_FILE_SIZE = 2**63 - 1
 ROLES: tuple[str, ...] = ("user", "camera_admin", "import")
 META_TYPES = frozenset({"string", "number", "date"})
@@ -1106,6 +1109,8 @@ class _Search:
     exclude_export_to: Optional[str] = attrs.field(default=None, validator=_optional(_valid_id))
 
     def __attrs_post_init__(self) -> None:
+        if len(self.meta) > MAX_META_CONSTRAINTS:
+            raise InvalidEntity("meta", f"at most {MAX_META_CONSTRAINTS} constraints")
         for low, high in (
             ("lat_min", "lat_max"),
             ("long_min", "long_max"),

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from meteord.model import (
     DEFAULT_LIMIT,
     MAX_FILE_SIZE,
+    MAX_META_CONSTRAINTS,
     ROLES,
     CameraStatus,
     Event,
@@ -897,6 +898,11 @@ class SearchTests(InvalidMixin, SynchronousTestCase):
 
     def test_constructor_checks(self) -> None:
         self.assertInvalid("lat_max", EventSearch, lat_min=2, lat_max=1)
+        many = [MetaConstraint(key="a:b", type="greater", value=1.0)] * (MAX_META_CONSTRAINTS + 1)
+        self.assertInvalid("meta", EventSearch, meta=many)
+        self.assertInvalid("meta", FileRecordSearch.from_dict,
+                           {"meta": [c.to_dict() for c in many]})
+        self.assertEqual(len(EventSearch(meta=many[1:]).meta), MAX_META_CONSTRAINTS)
         self.assertInvalid("camera_ids", EventSearch, camera_ids=[])
         self.assertInvalid("after_offset", EventSearch, after_offset=86400)
         self.assertInvalid("before", EventSearch, before=datetime(2015, 1, 1))

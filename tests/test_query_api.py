@@ -200,6 +200,7 @@ class SearchTests(QueryTestCase):
             ({"meta": [{"key": "a", "type": "greater", "value": "x"}]}, "meta[0].value"),
             ({"exclude_imported": "yes"}, "exclude_imported"),
             ({"exclude_export_to": "not-a-uuid"}, "exclude_export_to"),
+            ({"meta": [{"key": "a", "type": "greater", "value": 1}] * 33}, "meta"),
         ]
         for kind in ("events", "files"):
             for search, key in cases:

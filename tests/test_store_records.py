@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from meteord.errors import EntityNotFound, NoCameraStatus
 from meteord.model import (
+    MAX_META_CONSTRAINTS,
     CameraStatus,
     Event,
     EventSearch,
@@ -576,6 +577,12 @@ class DataSetTests(_Helpers):
         window = [constraint("meteorpi:mag", "greater", 0.0),
                   constraint("meteorpi:mag", "less", 2.0)]
         self.assertEqual(await self.events(meta=window), ["E2", "E3"])
+
+    async def test_the_most_constraints_a_search_may_have(self) -> None:
+        window = [constraint("meteorpi:mag", "greater", 0.0),
+                  constraint("meteorpi:mag", "less", 2.0)] * (MAX_META_CONSTRAINTS // 2)
+        self.assertEqual(await self.events(meta=window), ["E2", "E3"])
+        self.assertEqual(await self.files(meta=window[:1] * MAX_META_CONSTRAINTS), [])
 
     async def test_constraints_never_match_other_keys_or_types(self) -> None:
         self.assertEqual(
