@@ -204,6 +204,12 @@ class IMeteorStore(Interface):
     def set_user_roles(user_id, roles):
         """-> User. Fails with EntityNotFound, or LastCameraAdmin."""
 
+    def set_roles(roles_by_user):
+        """
+        {user_id: roles} -> [User], in one transaction: all changed, or none when it fails
+        with EntityNotFound or LastCameraAdmin (checked once, after every change).
+        """
+
     def delete_user(user_id):
         """-> bool (whether a user was deleted). Fails with LastCameraAdmin."""
 

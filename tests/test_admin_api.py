@@ -170,6 +170,15 @@ class UserTests(AdminTestCase):
         self.assertEqual((response.code, body), (200, {"users": [
             user("reader", "import", "user"), user("root", "camera_admin", "user")]}))
 
+    async def test_two_users_can_swap_camera_admin(self) -> None:
+        response, body = await self.admin("PUT", "/users/roles", {"new_roles": [
+            {"user_id": "root", "roles": ["user"]},
+            {"user_id": "reader", "roles": ["user", "camera_admin"]}]})
+        self.assertEqual((response.code, body), (200, {"users": [
+            user("reader", "camera_admin", "user"), user("root", "user")]}))
+        response, body = await self.call("GET", "/users", headers=READER)
+        self.assertEqual(response.code, 200)
+
     async def test_role_change_forgets_the_cached_login(self) -> None:
         await self.add_user("admin2", "pw", ["user", "camera_admin"])
         response, _ = await self.call("GET", "/users", headers=basic("admin2", "pw"))

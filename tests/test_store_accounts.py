@@ -185,6 +185,27 @@ class UserTests:
         with self.assertRaises(EntityNotFound):
             await self.store.set_user_roles("nobody", ["user"])
 
+    async def test_set_roles_swaps_camera_admin_in_one_transaction(self) -> None:
+        await self.store.create_or_update_user("root", "pw", ["user", "camera_admin"])
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        users = await self.store.set_roles({"root": ["user"], "alice": ["camera_admin"]})
+        self.assertEqual(users, [User(user_id="root", roles={"user"}),
+                                 User(user_id="alice", roles={"camera_admin"})])
+        self.assertEqual({u.user_id: u.roles for u in await self.store.get_users()},
+                         {"root": {"user"}, "alice": {"camera_admin"}})
+
+    async def test_set_roles_changes_none_when_one_fails(self) -> None:
+        await self.store.create_or_update_user("root", "pw", ["camera_admin"])
+        await self.store.create_or_update_user("alice", "pw", ["user"])
+        before = await self.store.get_users()
+        with self.assertRaises(EntityNotFound):
+            await self.store.set_roles({"alice": ["import"], "nobody": ["user"]})
+        with self.assertRaises(LastCameraAdmin):
+            await self.store.set_roles({"alice": ["import"], "root": ["user"]})
+        with self.assertRaises(InvalidEntity):
+            await self.store.set_roles({"alice": ["import"], "root": ["no-such-role"]})
+        self.assertEqual(await self.store.get_users(), before)
+
     async def test_delete_user(self) -> None:
         await self.store.create_or_update_user("alice", "pw", ["user"])
         self.assertTrue(await self.store.delete_user("alice"))

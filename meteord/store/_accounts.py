@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -129,12 +129,20 @@ class AccountOperations:
 
     def set_user_roles(self, user_id: str, roles: Iterable[str]) -> Deferred[User]:
         """Replace a user's roles; EntityNotFound or LastCameraAdmin when it cannot be done."""
-        return Deferred.fromCoroutine(self._set_user_roles(user_id, roles))
+        return self.set_roles({user_id: roles}).addCallback(lambda users: users[0])
 
-    async def _set_user_roles(self, user_id: str, roles: Iterable[str]) -> User:
-        user = User(user_id=user_id, roles=roles)
-        await self.run(_update_user, user_id, None, user.role_mask)
-        return user
+    def set_roles(self, roles_by_user: Mapping[str, Iterable[str]]) -> Deferred[list[User]]:
+        """
+        Replace the roles of several users in one transaction, the camera_admin check made
+        once at its end (so two users can swap the role): all are changed, or, with
+        EntityNotFound or LastCameraAdmin, none.
+        """
+        return Deferred.fromCoroutine(self._set_roles(roles_by_user))
+
+    async def _set_roles(self, roles_by_user: Mapping[str, Iterable[str]]) -> list[User]:
+        users = [User(user_id=user_id, roles=roles) for user_id, roles in roles_by_user.items()]
+        await self.run(_update_roles, [(user.user_id, user.role_mask) for user in users])
+        return users
 
     def delete_user(self, user_id: str) -> Deferred[bool]:
         """Delete a user (whether one was deleted); never the last camera_admin."""
@@ -338,10 +346,22 @@ def _update_user(user_id: str, password_hash: Optional[str],
         if result.rowcount == 0:
             raise EntityNotFound(user_id, "User")
     if mask is not None:
+        yield from _set_role_masks([(user_id, mask)])
+    yield from _keep_an_admin(admins_before)
+
+
+def _update_roles(masks: Sequence[tuple[str, int]]) -> Operation[None]:
+    admins_before = yield from _count_admins()
+    yield from _set_role_masks(masks)
+    yield from _keep_an_admin(admins_before)
+
+
+def _set_role_masks(masks: Sequence[tuple[str, int]]) -> Operation[None]:
+    """Each (user_id, role mask); EntityNotFound for a user that does not exist."""
+    for user_id, mask in masks:
         result = yield Query("UPDATE users SET role_mask = ? WHERE user_id = ?", (mask, user_id))
         if result.rowcount == 0:
             raise EntityNotFound(user_id, "User")
-    yield from _keep_an_admin(admins_before)
 
 
 def _keep_an_admin(admins_before: int) -> Operation[None]:

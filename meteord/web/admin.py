@@ -164,11 +164,12 @@ class AdminAPI:
         had_admin = any(u.has_role("camera_admin") for u in current.values())
         if had_admin and not any(u.has_role("camera_admin") for u in after.values()):
             raise APIError(409, "The change would leave no user with role camera_admin")
-        for user in changes.values():
-            try:
-                await self._store.set_user_roles(user.user_id, sorted(user.roles))
-            finally:
-                self._auth.forget(user.user_id)
+        try:
+            await self._store.set_roles(
+                {user.user_id: sorted(user.roles) for user in changes.values()})
+        finally:
+            for user_id in changes:
+                self._auth.forget(user_id)
         return write_json(request, 200, await _users_body(self._store))
 
     @app.route("/users/<user_id>", methods=["DELETE"])
