@@ -260,8 +260,21 @@ class StartAfter(MultiService):
     def startService(self) -> None:
         Service.startService(self)
         self._waiting = self._wait_for()
-        self._waiting.addCallback(lambda _: [child.startService() for child in self])
-        self._waiting.addErrback(lambda f: None if f.check(CancelledError) else f)
+        self._waiting.addCallback(self._start_children)
+        self._waiting.addErrback(self._not_started)
+
+    def _start_children(self, _: object) -> None:
+        """Start each child; one that cannot start (its port taken, say) is logged, not fatal."""
+        for child in self:
+            try:
+                child.startService()
+            except Exception:
+                log.failure("{name} could not start", name=child.name or child)
+
+    def _not_started(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("waiting to start {names} failed", failure,
+                        names=", ".join(str(child.name or child) for child in self))
 
     def stopService(self) -> Deferred[Any]:
         if self._waiting is not None and not self._waiting.called:

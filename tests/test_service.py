@@ -14,6 +14,7 @@ import sys
 
 import treq
 from klein import Klein
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -29,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from meteord import __version__
 from meteord.config import load_config
 from meteord.errors import StoreUnavailable
-from meteord.service import HTTP_STOP_GRACE_SECONDS, make_service
+from meteord.service import HTTP_STOP_GRACE_SECONDS, StartAfter, make_service
 
 
 def node_config(data_dir: str, options=None):
@@ -325,6 +326,38 @@ class ServiceTests(TestCase):
         self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
         release.callback(None)  # a write after the 503 would be logged as an error
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class StartAfterTests(TestCase):
+    """Children that start once something is ready."""
+
+    def test_children_start_when_ready_and_one_failing_is_logged(self) -> None:
+        ready: Deferred[None] = Deferred()
+        after = StartAfter(lambda: ready)
+        broken, working = Service(), Service()
+        broken.setName("broken")
+        broken.startService = lambda: 1 / 0
+        broken.setServiceParent(after)
+        working.setServiceParent(after)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        after.startService()
+        self.assertFalse(working.running)
+        ready.callback(None)
+        self.assertTrue(working.running)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn("broken could not start", [formatEvent(e) for e in events])
+
+    def test_a_stop_before_ready_starts_nothing(self) -> None:
+        ready: Deferred[None] = Deferred()
+        after = StartAfter(lambda: ready)
+        child = Service()
+        child.setServiceParent(after)
+        after.startService()
+        self.successResultOf(after.stopService())
+        self.assertTrue(ready.called)
+        self.assertFalse(child.running)
 
 
 class AccessLogTests(TestCase):
