@@ -50,6 +50,14 @@ class IFileStore(Interface):
         C{StoredFile}, or failing with C{ChecksumMismatch} after discarding the bytes.
         """
 
+    def read(f, size, digest=None):
+        """
+        The next C{size} bytes (fewer at the end) of a file C{open} returned, read off the
+        reactor thread, and added there to C{digest} (a C{hashlib} object) when given.
+
+        @return: a Deferred firing with the bytes.
+        """
+
     def remove(file_ids):
         """
         Remove the files with these ids; ids with no file are ignored.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -25,7 +27,12 @@ from twisted.web.client import (
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 
 from meteord.exporter.policy import FailurePolicy
-from meteord.exporter.service import ExporterService, build_http_client
+from meteord.exporter.service import (
+    UPLOAD_CHUNK_BYTES,
+    ExporterService,
+    _FileBody,
+    build_http_client,
+)
 from meteord.exporter.tls import https_policy
 from meteord.model import (
     CameraStatus, Event, EventSearch, ExportConfiguration, ExportOutcome, ExportStatus,
@@ -76,6 +83,12 @@ class FakeFileStore:
             return fail(FileNotStored(file_id))
         self.opened += 1
         return succeed(f)
+
+    def read(self, f: Any, size: int, digest: Any = None) -> Deferred:
+        data = f.read(size)
+        if digest is not None:
+            digest.update(data)
+        return succeed(data)
 
 
 @attrs.define
@@ -574,6 +587,56 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
         [task] = self.store.tasks_of(config)
         self.assertEqual(task.last_error,
                          f"file {event.files[0].file_id} has no bytes on this node")
+
+
+class FileBodyTests(TestCase):
+    """The upload body: reads in the file store's threads, a chunk ahead of what it sends."""
+
+    def body_of(self, data: bytes) -> tuple[Any, list[tuple[Deferred, bytes, Any]], Any]:
+        reads: list[tuple[Deferred, bytes, Any]] = []
+
+        class ThreadedStore:
+            def read(self, f: Any, size: int, digest: Any = None) -> Deferred:
+                d: Deferred = Deferred()
+                reads.append((d, f.read(size), digest))
+                return d
+
+        f = io.BytesIO(data)
+        record = FileRecord(
+            file_id=new_id(), camera_id=CAMERA, mime_type="video/mp4",
+            semantic_type="meteorpi:video", file_time=NOON, file_size=len(data),
+            status_id=new_id(), md5=hashlib.md5(data).hexdigest())
+        return _FileBody(f, ThreadedStore(), record, Clock(), None, lambda _: None), reads, f
+
+    def finish_read(self, reads: list[tuple[Deferred, bytes, Any]]) -> None:
+        d, data, digest = reads.pop(0)
+        digest.update(data)
+        d.callback(data)
+
+    def test_the_last_chunk_waits_for_the_end_of_the_file(self) -> None:
+        data = b"x" * (UPLOAD_CHUNK_BYTES + 10)
+        body, reads, f = self.body_of(data)
+        consumer = StringTransport()
+        finished = body.startProducing(consumer)
+        self.finish_read(reads)
+        self.assertEqual(len(reads), 1)  # the second chunk is read while the first is sent
+        self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
+        self.finish_read(reads)
+        self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
+        self.finish_read(reads)  # the end of the file: the digest matches
+        self.assertEqual(consumer.value(), data)
+        self.successResultOf(finished)
+        self.assertTrue(f.closed)
+
+    def test_a_close_during_a_read_closes_the_file_after_it(self) -> None:
+        body, reads, f = self.body_of(b"x" * 10)
+        consumer = StringTransport()
+        body.startProducing(consumer)
+        body.close()
+        self.assertFalse(f.closed)
+        self.finish_read(reads)
+        self.assertTrue(f.closed)
+        self.assertEqual(consumer.value(), b"")
 
 
 class CorruptFileTests(ExporterTestMixin, TestCase):

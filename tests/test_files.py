@@ -396,6 +396,27 @@ class FileStoreTests(TestCase):
         self.assertEqual(list(self.store.iter_file_ids()), [OTHER_ID])
 
     @inlineCallbacks
+    def test_read_in_chunks_off_the_reactor_thread_with_a_digest(self):
+        yield self.upload(CONTENT)
+        f = yield self.store.open(FILE_ID)
+        self.worker_threads.clear()
+        digest = hashlib.md5()
+        chunks = []
+        try:
+            while True:
+                chunk = yield self.store.read(f, 1000, digest)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            f.close()
+        self.assertEqual(b"".join(chunks), CONTENT)
+        self.assertEqual(len(chunks[0]), 1000)
+        self.assertEqual(digest.hexdigest(), hashlib.md5(CONTENT).hexdigest())
+        self.assertEqual(len(self.worker_threads), len(chunks) + 1)
+        self.assertNotIn(threading.current_thread(), self.worker_threads)
+
+    @inlineCallbacks
     def test_open_and_rehash_of_a_missing_file(self):
         yield self.assertFailure(self.store.open(FILE_ID), FileNotStored)
         yield self.assertFailure(self.store.rehash(FILE_ID), FileNotStored)

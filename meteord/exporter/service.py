@@ -88,7 +88,7 @@ log = Logger()
 DEFAULT_LEASE_SECONDS = 3600.0
 LEASE_MARGIN_SECONDS = 5.0
 REPLY_LIMIT_BYTES = 1024 * 1024
-UPLOAD_CHUNK_BYTES = 128 * 1024
+UPLOAD_CHUNK_BYTES = 256 * 1024
 
 
 @attrs.define
@@ -149,14 +149,18 @@ class _BytesBody:
 @implementer(IBodyProducer)
 class _FileBody:
     """
-    Streams an open file of `length` bytes, checking its md5 as it goes (the last chunk is
-    sent only once the digest matches), throttled by `limiter` on `clock`; `on_throttle` is
-    told every wait, so the request's timeout can be extended by it.
+    Streams a file of `length` bytes that `file_store` opened, reading and hashing it in the
+    file store's threads a chunk ahead of what it sends, and checking its md5 as it goes (the
+    last chunk is sent only once the file has ended there and the digest matches), throttled
+    by `limiter` on `clock`; `on_throttle` is told every wait, so the request's timeout can be
+    extended by it.
     """
 
-    def __init__(self, f: Any, record: FileRecord, clock: IReactorTime,
+    def __init__(self, f: Any, file_store: Any, record: FileRecord, clock: IReactorTime,
                  limiter: Optional[RateLimiter], on_throttle: Callable[[float], None]) -> None:
         self._file = f
+        self._file_store = file_store
+        self._producing = False
         self._record = record
         self.length = record.file_size
         self._clock = clock
@@ -184,13 +188,23 @@ class _FileBody:
         return finished
 
     async def _produce(self, consumer: Any) -> None:
+        self._producing = True
+        reading = self._read()
         try:
-            chunk = self._file.read(UPLOAD_CHUNK_BYTES)
-            while chunk:
-                following = self._file.read(UPLOAD_CHUNK_BYTES)
-                self._md5.update(chunk)
-                if not following:
-                    self._check(self.sent + len(chunk))
+            while True:
+                chunk = await reading
+                if self._stopped:
+                    return
+                end = self.sent + len(chunk)
+                last = not chunk or end >= self.length
+                # The next chunk is read while this one is sent; after the recorded length,
+                # the read must find the end of the file.
+                reading = self._read()
+                if last:
+                    end += len(await reading)
+                    self._check(end)
+                    if not chunk:
+                        return
                 await self._throttle(len(chunk))
                 if self._paused is not None:
                     await self._wait(self._paused)
@@ -198,11 +212,15 @@ class _FileBody:
                     return
                 consumer.write(chunk)
                 self.sent += len(chunk)
-                chunk = following
-            if self.sent == 0:
-                self._check(0)
+                if last:
+                    return
         finally:
-            self._file.close()
+            # Closed once no read is under way in a thread.
+            reading.addBoth(lambda _: self._file.close())
+
+    def _read(self) -> Deferred[bytes]:
+        """The next chunk, added to the md5 (it has seen every byte read so far)."""
+        return self._file_store.read(self._file, UPLOAD_CHUNK_BYTES, self._md5)
 
     def _check(self, size: int) -> None:
         record = self._record
@@ -243,9 +261,13 @@ class _FileBody:
             self._waiting.cancel()
 
     def close(self) -> None:
-        """Stop and close the file, whether or not producing ever started."""
+        """
+        Stop, and close the file whether or not producing ever started (once a read in a
+        thread is over, if one is under way).
+        """
         self.stopProducing()
-        self._file.close()
+        if not self._producing:
+            self._file.close()
 
 
 class _ReplyReader(Protocol):
@@ -646,7 +668,8 @@ class ExporterService(Service):
                 raise _EntityProblem(
                     f"file {action.file_id} on this node has {size} bytes, its record "
                     f"{record.file_size}; not sent")
-            return _FileBody(f, record, self._clock, self._limiter(config), deadline_extend)
+            return _FileBody(f, self.store.file_store, record, self._clock,
+                             self._limiter(config), deadline_extend)
 
         code, body = await self._post(run, task, url, b"application/octet-stream", open_body,
                                       request_timeout(record.file_size), lease_end)

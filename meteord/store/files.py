@@ -205,6 +205,13 @@ def _hash_open_file(f: BinaryIO, file_id: str) -> StoredFile:
     return digests.stored_file(file_id)
 
 
+def _read_and_digest(f: BinaryIO, size: int, digest: Any) -> bytes:
+    data = f.read(size)
+    if digest is not None:
+        digest.update(data)
+    return data
+
+
 def _hash_path(path: str, file_id: str) -> StoredFile:
     try:
         with open(path, "rb") as f:
@@ -501,6 +508,13 @@ class FileStore:
         except InvalidFileId:
             return fail()
         return self._run(self._open_for_reading, path, file_id)
+
+    def read(self, f: BinaryIO, size: int, digest: Any = None) -> Deferred[bytes]:
+        """
+        The next C{size} bytes (fewer at the end) of a file that C{open} returned, read in a
+        thread; C{digest} (a C{hashlib} object), when given, is updated with them there.
+        """
+        return self._run(_read_and_digest, f, size, digest)
 
     def _open_for_reading(self, path: str, file_id: str) -> BinaryIO:
         try:
