@@ -34,10 +34,6 @@ class NoCameraStatus(StoreError):
     """No camera status is in force for that camera at that time."""
 
 
-class DuplicateEntity(StoreError):
-    """An entity with that id already exists."""
-
-
 class AuthenticationFailed(StoreError):
     """Unknown user or wrong password; deliberately the same error for both."""
 

@@ -382,8 +382,9 @@ def _stored_nodes(store: Any, clock: Any) -> Callable[[], Deferred[list[dict[str
 
 def make_service(config: Config, reactor: Any = None) -> MeteordNode:
     """
-    Build the node's service tree from ``config``. Components that are off are not
-    constructed, and their modules not imported.
+    Build the node's service tree from ``config``. Components that are off (discovery, the
+    exporter, each of the query, admin and import APIs) are not constructed, and their modules
+    not imported.
     """
     if reactor is None:
         from twisted.internet import reactor

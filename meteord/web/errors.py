@@ -29,7 +29,6 @@ from werkzeug.routing import RequestRedirect
 from meteord.errors import (
     AuthenticationFailed,
     ConstraintViolation,
-    DuplicateEntity,
     EntityNotFound,
     LastCameraAdmin,
     NoCameraStatus,
@@ -91,7 +90,6 @@ _DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], tuple[int, dict[str
     (InvalidJSON, _message(400)),
     (EntityNotFound, lambda e: (404, {"message": "Entity not found", "entity_id": e.entity_id})),
     (LastCameraAdmin, _message(409)),
-    (DuplicateEntity, _message(409)),
     (ConstraintViolation, _message(409)),
     (NoCameraStatus, _message(409)),
     (AuthenticationFailed, lambda e: (401, {"message": "Invalid user name or password"})),

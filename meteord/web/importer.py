@@ -13,9 +13,8 @@ uploads to be streamed rather than buffered by twisted.web, the site's requests 
 Choices where the specification is silent:
 
 - Messages about the same entity are handled one at a time in a process (a second waits for
-  the first, then sees what it stored), so concurrent pushes store an entity once without
-  leaning on the database's uniqueness errors; across processes those still decide, and a
-  ``DuplicateEntity`` from the store counts as "already there".
+  the first, then sees what it stored), so concurrent pushes store an entity once; across
+  processes the store's imports leave an entity already there as it is.
 - A status message is stored (if new) and answered ``continue``, as by the original importer;
   so is an upload. A store rule broken by an entity (``ConstraintViolation``,
   ``NoCameraStatus``) answers ``failed`` with the reason: it concerns that entity only.
@@ -46,7 +45,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from meteord.errors import ConstraintViolation, DuplicateEntity, NoCameraStatus
+from meteord.errors import ConstraintViolation, NoCameraStatus
 from meteord.interfaces import IMeteorStore
 from meteord.model import Event, InvalidEntity, User, parse_id
 from meteord.store.files import ChecksumMismatch
@@ -232,10 +231,7 @@ class ImportAPI:
         status = message.status
         async with self._serialised.holding(status.status_id):
             if not await self._store.has_status_id(status.status_id):
-                try:
-                    await self._store.import_camera_status(status, user_id)
-                except DuplicateEntity:
-                    pass
+                await self._store.import_camera_status(status, user_id)
         return Reply.continue_()
 
     async def _answer_entity(self, entity: Entity, user_id: str) -> Reply:
@@ -280,8 +276,6 @@ class ImportAPI:
                 await self._store.import_event(entity, user_id)
             else:
                 await self._store.import_file_record(entity, user_id)
-        except DuplicateEntity:
-            pass
         except (ConstraintViolation, NoCameraStatus) as e:
             log.warn("Import of {entity_id} refused by the store: {reason}",
                      entity_id=entity_id(entity), reason=str(e))

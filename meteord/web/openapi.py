@@ -202,8 +202,6 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         {"status": {"enum": ["ok", "unavailable"]}, "version": {"type": "string"},
          "store": {"enum": ["ok", "unavailable"]}}, ["status", "version"])),
     ("/openapi.json", "GET"): _op("This document", "operations", ok={"type": "object"}),
-    ("/metrics", "GET"): _op("Prometheus metrics", "operations", ok={"type": "string"},
-                             ok_media="text/plain", errors=(401, 403)),
     ("/nodes", "GET"): _op("The discovery registry", "query", role="query", ok=_object(
         {"nodes": _list({"type": "object"})}, ["nodes"])),
     # query
@@ -282,14 +280,6 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         role="camera_admin", ok=_STATUS, errors=(404,), body=_object({
             "inst_name": {"type": "string"}, "inst_url": {"type": "string"},
             "regions": _list(_list(_ref("Point")))})),
-    ("/scripts", "GET"): _op("The node's control scripts", "admin", role="camera_admin",
-                             ok=_object({"scripts": _list({"type": "object"})}, ["scripts"])),
-    ("/scripts/{name}/runs", "POST"): _op(
-        "Start a control script", "admin", role="camera_admin", ok_status=202,
-        ok=_object({"run_id": {"type": "string"}}, ["run_id"]), errors=(404, 429),
-        body=_object({"args": _list({"type": "string"})})),
-    ("/scripts/runs/{run_id}", "GET"): _op("A script run", "admin", role="camera_admin",
-                                           ok={"type": "object"}, errors=(404,)),
     # import
     ("/import", "POST"): _op("One message of the import protocol", "import", role="import",
                              ok=_ref("ImportReply"), body={"type": "object"}),
