@@ -315,7 +315,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         front.cut_all()
         await hub.stop()
         self.assertGreater((await self.status(camera.store, configs[0])).pending, 0)
-        await deferLater(reactor, 0.5)
+        await self.wait_for(lambda: exporter.totals().transport_failures >= 1)
         hub = await self.start_hub()
         front.port = hub.service.getServiceNamed("http").port.getHost().port
         front.mode = "forward"
@@ -382,7 +382,8 @@ class ReplicationTests(ReplicationMixin, TestCase):
         self.assertEqual(status.disabled_reason,
                          "4 consecutive transport failures, the last: HTTP 500 from importer")
         self.assertEqual(status.pending, 5)
-        await deferLater(reactor, 1.0)
+        rounds = exporter.rounds
+        await self.wait_for(lambda: exporter.rounds >= rounds + 5)  # and nothing more is sent
         self.assertEqual(exporter.counters[configs[0].config_id].transport_failures, 4)
         self.assertEqual((await self.snapshot(hub.store))["events"], [])
 

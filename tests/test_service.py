@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+from typing import Any
 
 import treq
 from klein import Klein
@@ -214,12 +215,17 @@ class ServiceTests(TestCase):
         self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
         self.assertEqual(site.in_flight, set())
 
-    async def test_each_request_times_out_at_its_own_deadline(self) -> None:
+    async def stuck_site(self, requests: int) -> tuple[Any, Clock, list[Deferred[Request]]]:
+        """
+        A node whose requests time out after 2 s on a test clock, and whose resource never
+        answers (but answers ``/done`` at once); the i-th request that reaches it fires the
+        i-th of the Deferreds returned.
+        """
         node = await self.start_node({("http", "request_timeout"): "2"})
         site = node.getServiceNamed("http").site
-        clock = Clock()
-        site.clock = clock
-        arrived: list[Deferred[Request]] = [Deferred(), Deferred()]
+        site.clock = Clock()
+        arrived: list[Deferred[Request]] = [Deferred() for _ in range(requests)]
+        waiting = list(arrived)
 
         class Stuck(Resource):
             isLeaf = True
@@ -227,15 +233,19 @@ class ServiceTests(TestCase):
             def render(self, request):
                 if request.path.endswith(b"/done"):
                     return b"{}"
-                arrived.pop(0).callback(request)
+                waiting.pop(0).callback(request)
                 return NOT_DONE_YET  # and never done
 
         site.resource = Stuck()
+        return site, site.clock, arrived
+
+    async def test_each_request_times_out_at_its_own_deadline(self) -> None:
+        site, clock, (first_arrived, second_arrived) = await self.stuck_site(2)
         first_d = treq.get(self.base + "/api/first", persistent=False)
-        first = await arrived[0]
+        first = await first_arrived
         clock.advance(1.5)
         second_d = treq.get(self.base + "/api/second", persistent=False)
-        second = await arrived[0]
+        second = await second_arrived
         # A request answered in time leaves the others' deadlines as they were.
         done = await treq.get(self.base + "/api/done", persistent=False)
         self.assertEqual(done.code, 200)
@@ -254,20 +264,7 @@ class ServiceTests(TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     async def test_a_pipelined_request_started_by_a_time_out_keeps_one_timer(self) -> None:
-        node = await self.start_node({("http", "request_timeout"): "2"})
-        site = node.getServiceNamed("http").site
-        clock = Clock()
-        site.clock = clock
-        arrived: list[Deferred[Request]] = [Deferred(), Deferred()]
-
-        class Stuck(Resource):
-            isLeaf = True
-
-            def render(self, request):
-                arrived.pop(0).callback(request)
-                return NOT_DONE_YET  # and never done
-
-        site.resource = Stuck()
+        site, clock, (first_arrived, second_arrived) = await self.stuck_site(2)
         received: Deferred[bytes] = Deferred()
         request_bytes = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -280,10 +277,9 @@ class ServiceTests(TestCase):
                     received.callback(self.data)
                     self.transport.loseConnection()
 
-        port = node.getServiceNamed("http").port.getHost().port
+        port = int(self.base.rsplit(":", 1)[1])
         client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
             Factory.forProtocol(Client))
-        first_arrived, second_arrived = arrived
         client.transport.write(request_bytes)
         first = await first_arrived
         # The second request reaches the server while the first is handled: twisted.web
