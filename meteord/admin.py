@@ -137,8 +137,12 @@ class _Terminal:
         if from_stdin:
             password = self.stdin.readline().rstrip("\r\n")
         else:
-            password = getpass.getpass("New password: ")
-            if getpass.getpass("Again: ") != password:
+            try:
+                password = getpass.getpass("New password: ")
+                again = getpass.getpass("Again: ")
+            except (EOFError, KeyboardInterrupt):
+                raise CommandFailed("no password given") from None
+            if again != password:
                 raise CommandFailed("the passwords differ")
         if not password:
             raise CommandFailed("the password must not be empty")
@@ -236,6 +240,8 @@ async def _check_file(store: SQLStore, file_id: str, size: int, md5: str,
         stored = await store.file_store.rehash(file_id)
     except FileStoreError:
         return missing
+    except OSError as e:
+        return f"unreadable {file_id}: {e.strerror or e}"
     if stored.size != size:
         return f"mismatch {file_id}: {stored.size} bytes, the record says {size}"
     if stored.md5 != md5:

@@ -75,7 +75,7 @@ def _integer(minimum: int | None = None, maximum: int | None = None) -> _Kind:
     return _Kind("integer", check, from_text)
 
 
-def _number(minimum: float, exclusive: bool = True) -> _Kind:
+def _number(minimum: float, exclusive: bool = True, maximum: float | None = None) -> _Kind:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {_describe(value)}")
@@ -85,6 +85,8 @@ def _number(minimum: float, exclusive: bool = True) -> _Kind:
         if value < minimum or (exclusive and value == minimum):
             relation = "greater than" if exclusive else "at least"
             raise ValueError(f"must be {relation} {minimum:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum:g}, got {value:g}")
         return value
 
     def from_text(text: str) -> float:
@@ -112,7 +114,8 @@ def _boolean_toml(value: Any) -> bool:
     return value
 
 
-def _string_list(choices: tuple[str, ...] | None = None) -> _Kind:
+def _string_list(choices: tuple[str, ...] | None = None,
+                 check_item: Callable[[str], Any] | None = None) -> _Kind:
     def check(value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {_describe(value)}")
@@ -121,6 +124,9 @@ def _string_list(choices: tuple[str, ...] | None = None) -> _Kind:
             for item in items:
                 if item not in choices:
                     raise ValueError(f"unknown value {item!r}; choose from {', '.join(choices)}")
+        if check_item is not None:
+            for item in items:
+                check_item(item)
         return items
 
     def from_text(text: str) -> tuple[str, ...]:
@@ -128,7 +134,7 @@ def _string_list(choices: tuple[str, ...] | None = None) -> _Kind:
         if stripped.startswith("["):
             try:
                 parsed = json.loads(stripped)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValueError(f"not a valid JSON list: {text!r}") from None
             return check(parsed)
         return check(stripped.split(","))
@@ -167,6 +173,27 @@ def _check_node_id(value: str) -> None:
 def _check_name(value: str) -> None:
     if len(value) > 64:
         raise ValueError("must be at most 64 characters")
+    if not value.isprintable():
+        raise ValueError(f"must be printable characters only, got {value!r}")
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    """
+    Split a ``[discovery] targets`` entry, ``"host"`` or ``"host:port"``, into host and port
+    (None when absent: the node's own discovery port applies).
+
+    @raise ValueError: an empty host, an IPv6 address, or a port outside 1-65535.
+    """
+    host, colon, port_text = text.strip().rpartition(":")
+    if not colon:
+        host, port_text = port_text, ""
+    if not host or ":" in host or any(c.isspace() for c in host):
+        raise ValueError(f"discovery target {text!r} is not host or host:port (IPv4 only)")
+    if not colon:
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"discovery target {text!r} has a port outside 1-65535")
+    return host, int(port_text)
 
 
 def _check_prefix(value: str) -> None:
@@ -239,8 +266,8 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
     "discovery": {
         "enabled": _Kind("boolean", _boolean_toml, _boolean_text),
         "port": _PORT,
-        "interval": _number(0.0),
-        "targets": _string_list(),
+        "interval": _number(0.1, exclusive=False, maximum=86400.0),
+        "targets": _string_list(check_item=parse_target),
         "secret": _STRING,
         "max_nodes": _POSITIVE_INT,
         "max_datagrams_per_second": _integer(1, 1_000_000),
@@ -348,6 +375,10 @@ def _read_toml_file(path: str) -> Mapping[str, Any]:
         raise ConfigError(f"config file {path}: cannot be read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: not valid TOML: nested too deeply") from None
 
 
 def _environment_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
@@ -397,19 +428,17 @@ def _check_data_dir(data_dir: str, source: str) -> None:
         raise _error("node", "data_dir", source, f"{data_dir} does not exist and cannot be created")
 
 
-def _check_access_log_file(path: str, source: str) -> None:
-    """An access log file must be a file that can be appended to, or creatable."""
-    if path in ACCESS_LOG_CHOICES:
-        return
+def _check_log_file(section: str, key: str, path: str, source: str) -> None:
+    """A log file must be a file that can be appended to, or creatable."""
     if os.path.exists(path):
         if not os.path.isfile(path):
-            raise _error("http", "access_log", source, f"{path} is not a regular file")
+            raise _error(section, key, source, f"{path} is not a regular file")
         if not os.access(path, os.W_OK):
-            raise _error("http", "access_log", source, f"{path} is not writable")
+            raise _error(section, key, source, f"{path} is not writable")
         return
-    parent = os.path.dirname(path)
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise _error("http", "access_log", source, f"{path} cannot be created")
+        raise _error(section, key, source, f"{path} cannot be created")
 
 
 def load_config(
@@ -459,7 +488,12 @@ def load_config(
         raise _error("discovery", "port", sources[("discovery", "port")], _PORT_ZERO)
 
     _check_data_dir(values["node"]["data_dir"], sources[("node", "data_dir")])
-    _check_access_log_file(values["http"]["access_log"], sources[("http", "access_log")])
+    if values["http"]["access_log"] not in ACCESS_LOG_CHOICES:
+        _check_log_file("http", "access_log", values["http"]["access_log"],
+                        sources[("http", "access_log")])
+    if values["logging"]["path"]:
+        _check_log_file("logging", "path", values["logging"]["path"],
+                        sources[("logging", "path")])
     _derive(values, sources)
     return Config(
         values=MappingProxyType({s: MappingProxyType(v) for s, v in values.items()}),
@@ -468,12 +502,19 @@ def load_config(
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password replaced by ``***``, for logs."""
+    """
+    A database URL with its password, in the address or as a ``password`` query parameter,
+    replaced by ``***``, for logs; the rest is kept as written.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    masked = url
+    if parts.password is not None:
+        masked = masked.replace(f":{parts.password}@", ":***@", 1)
+    if parts.query:
+        query = "&".join("password=***" if item.partition("=")[0] == "password" else item
+                         for item in parts.query.split("&"))
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
 
 
 def _toml_value(value: Any) -> str:

@@ -5,6 +5,7 @@ Tests of ``meteord-admin`` on a temporary SQLite store: the user commands, ``imp
 
 from __future__ import annotations
 
+import errno
 import getpass
 import io
 import json
@@ -14,12 +15,14 @@ import sys
 from datetime import datetime, timezone
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
 
 from meteord.admin import build_parser, run
 from meteord.config import load_config
 from meteord.errors import AuthenticationFailed
 from meteord.model import CameraStatus, FileRecordSearch, Location, Orientation, User, new_id
+from meteord.store.files import FileStore
 from meteord.store.sql import open_store
 
 CAMERA = "0123456789ab"
@@ -180,6 +183,33 @@ class AdminTests(TestCase):
         status, out, _ = await self.admin("fsck")
         self.assertEqual((status, out),
                          (0, "checked 2 records: 0 mismatched, 0 missing, 0 orphans (0 removed)\n"))
+
+    async def test_fsck_reports_a_file_it_cannot_read_and_goes_on(self) -> None:
+        await self.add_camera_status()
+        await self.admin("import-dir", self.make_files("a", "b"))
+        a, b = (r.file_id for r in await self.imported_files())
+        rehash = FileStore.rehash
+
+        def failing_disk(file_store: FileStore, file_id: str) -> Deferred:
+            if file_id == a:
+                return fail(OSError(errno.EIO, "Input/output error"))
+            return rehash(file_store, file_id)
+
+        self.patch(FileStore, "rehash", failing_disk)
+        status, out, _ = await self.admin("fsck")
+        self.assertEqual(status, 1)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], f"unreadable {a}: Input/output error")
+        self.assertEqual(lines[-1], "checked 2 records: 1 mismatched, 0 missing, 0 orphans "
+                                    "(0 removed)")
+
+    async def test_adduser_without_a_typed_password(self) -> None:
+        def no_input(prompt: str) -> str:
+            raise EOFError()
+
+        self.patch(getpass, "getpass", no_input)
+        status, _, err = await self.admin("adduser", "alice")
+        self.assertEqual((status, err), (1, "meteord-admin: no password given\n"))
 
     async def test_fsck_finds_and_repairs(self) -> None:
         await self.add_camera_status()

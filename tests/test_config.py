@@ -161,9 +161,35 @@ class ValidationTests(ConfigTestCase):
         self.assertConfigError(["[http] endpoint", "endpoint"],
                                options={("http", "endpoint"): "carrier-pigeon:8080"})
 
-    def test_negative_interval(self) -> None:
-        self.assertConfigError(["[discovery] interval", "greater than 0"],
-                               text="[discovery]\ninterval = -1\n")
+    def test_interval_outside_what_beacons_carry(self) -> None:
+        for value, problem in (("-1", "at least 0.1"), ("0.05", "at least 0.1"),
+                               ("86401", "at most 86400")):
+            self.assertConfigError(["[discovery] interval", problem],
+                                   text=f"[discovery]\ninterval = {value}\n")
+        self.assertEqual(self.load("[discovery]\ninterval = 0.1\n").discovery.interval, 0.1)
+
+    def test_bad_discovery_targets(self) -> None:
+        for target in ("h:0", "::1", "hub:http", ":47000"):
+            self.assertConfigError(["[discovery] targets", repr(target)],
+                                   env={"METEORD_DISCOVERY_TARGETS": f"10.0.0.255,{target}"})
+
+    def test_node_name_must_be_printable(self) -> None:
+        self.assertConfigError(["[node] name", "printable"], env={"METEORD_NODE_NAME": "a\tb"})
+
+    def test_log_file_in_a_missing_directory(self) -> None:
+        path = os.path.join(self.mktemp(), "meteord.log")
+        self.assertConfigError(["[logging] path", "cannot be created"],
+                               env={"METEORD_LOGGING_PATH": path})
+
+    def test_config_file_not_utf8_or_nested_too_deeply(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write('[node]\nname = "Caméra"\n'.encode("latin-1"))
+        e = self.assertRaises(ConfigError, load_config, path, environ=self.base_env)
+        self.assertIn("not UTF-8", str(e))
+        self.assertConfigError(["not valid TOML"], text="x = " + "[" * 100_000)
+        self.assertConfigError(["[http] apis", "not a valid JSON list"],
+                               env={"METEORD_HTTP_APIS": "[" * 100_000})
 
     def test_unknown_api(self) -> None:
         self.assertConfigError(["[http] apis", "'export'"], options={("http", "apis"): "query,export"})
@@ -265,3 +291,9 @@ class CommandTests(ConfigTestCase):
 
     def test_mask_url_without_password(self) -> None:
         self.assertEqual(mask_url("sqlite:///x.db"), "sqlite:///x.db")
+
+    def test_mask_url_password_as_a_query_parameter(self) -> None:
+        self.assertEqual(mask_url("postgresql:///meteord?host=/run/pg&password=hunter2"),
+                         "postgresql:///meteord?host=/run/pg&password=***")
+        self.assertEqual(mask_url("postgresql://me:a@db/m?password=b&passwordless=1"),
+                         "postgresql://me:***@db/m?password=***&passwordless=1")

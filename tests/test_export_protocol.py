@@ -228,6 +228,9 @@ class GarbageReplyTests(SynchronousTestCase):
     def test_not_utf8(self):
         self.assertEntityFailure(b"\xff\xfe\xfa", "not JSON")
 
+    def test_nested_too_deeply_for_the_parser(self):
+        self.assertEntityFailure(b"[" * 100_000, "not JSON")
+
     def test_json_array(self):
         self.assertEntityFailure(b'["complete"]', "not a JSON object")
 

@@ -32,6 +32,7 @@ from meteord import __version__
 from meteord.config import load_config
 from meteord.errors import StoreUnavailable
 from meteord.service import HTTP_STOP_GRACE_SECONDS, StartAfter, make_service
+from meteord.store.service import INITIAL_PASSWORD_FILE, write_initial_password
 
 
 def node_config(data_dir: str, options=None):
@@ -167,6 +168,18 @@ class ServiceTests(TestCase):
             password = f.read().strip()
         user = await store.get_user("admin", password)
         self.assertEqual(user.roles, frozenset({"user", "camera_admin", "import"}))
+
+    def test_initial_password_file_left_readable_is_restricted_first(self) -> None:
+        data_dir = self.mktemp()
+        os.mkdir(data_dir)
+        path = os.path.join(data_dir, INITIAL_PASSWORD_FILE)
+        with open(path, "w") as f:
+            f.write("an older and longer password\n")
+        os.chmod(path, 0o644)
+        self.assertEqual(write_initial_password(data_dir, "new"), path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            self.assertEqual(f.read(), "new\n")
 
     async def test_second_start_keeps_the_admin(self) -> None:
         data_dir = self.mktemp()

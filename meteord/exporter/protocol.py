@@ -126,7 +126,7 @@ def _parse_reply(body: bytes) -> Union[dict, str]:
     """Return the reply as a JSON object, or a string saying why it is not one."""
     try:
         reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "importer reply is not JSON"
     if not isinstance(reply, dict):
         return "importer reply is not a JSON object"

@@ -30,10 +30,11 @@ Choices where the specification is silent:
   connection the importer had closed, or a cut during the upload) is sent once more on a new
   connection; the import protocol is idempotent, so this is safe. A refused TLS handshake is
   not sent again.
-- Files are streamed in 128 KiB chunks from the file store, the md5 computed as they go; the
-  last chunk is held back until the digest is known, so the bytes of a file that no longer
-  matches its record are never sent whole, and a size that differs from the record fails the
-  entity before any byte is sent. Either is an entity failure saying so.
+- Files are streamed in 256 KiB chunks read and hashed in the file store's threads, a chunk
+  ahead of what is sent; the last chunk is held back until the file has ended there and the
+  digest is known, so the bytes of a file that no longer matches its record are never sent
+  whole, and a size that differs from the record fails the entity before any byte is sent.
+  Either is an entity failure saying so.
 - `bytes_sent` counts every request body (entities, statuses and file bytes) of a completed
   task, including bodies sent again.
 - TLS: each configuration's requests are verified as its ``ca_file`` and

@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meteord import __version__
+from meteord.config import parse_target
 from meteord.interfaces import INodeRegistryStore
 from meteord.protocols.beacon import (
     DEFAULT_PORT,
@@ -108,25 +109,6 @@ class MemoryNodeRegistryStore:
     def load_nodes(self) -> Deferred[list[dict[str, Any]]]:
         """Copies of every node kept."""
         return defer.succeed([dict(node) for node in self.nodes.values()])
-
-
-def parse_target(text: str) -> tuple[str, int | None]:
-    """
-    Split a C{[discovery] targets} entry, C{"host"} or C{"host:port"}, into host and port
-    (C{None} when absent: the node's own discovery port applies).
-
-    @raise ValueError: an empty host, an IPv6 address, or a port outside 1-65535.
-    """
-    host, colon, port_text = text.strip().rpartition(":")
-    if not colon:
-        host, port_text = port_text, ""
-    if not host or ":" in host or any(c.isspace() for c in host):
-        raise ValueError(f"discovery target {text!r} is not host or host:port (IPv4 only)")
-    if not colon:
-        return host, None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"discovery target {text!r} has a port outside 1-65535")
-    return host, int(port_text)
 
 
 @attrs.define

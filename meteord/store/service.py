@@ -25,10 +25,11 @@ INITIAL_PASSWORD_FILE = "initial-admin-password"
 def write_initial_password(data_dir: str, password: str) -> str:
     """Write the first admin password to a file only its owner can read; return the path."""
     path = os.path.join(data_dir, INITIAL_PASSWORD_FILE)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # A file left there keeps its mode through O_TRUNC: restrict it before the password goes in.
+    os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w") as f:
         f.write(password + "\n")
-    os.chmod(path, 0o600)
     return path
 
 
