@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from meteord.errors import StoreUnavailable
 from meteord.model import User
-from meteord.store._sql import Operation, Query, read_only
-from tests._postgres import postgres_cluster
+from meteord.store._sql import Operation, PostgresDatabase, Query, read_only
+from tests._postgres import fresh_postgres_url, postgres_cluster
 from tests._stores import PostgresStoreMixin
 
 RECONNECT_ATTEMPTS = 100
@@ -25,6 +26,12 @@ RECONNECT_ATTEMPTS = 100
 @read_only
 def _slow_read() -> Operation[int]:
     rows = yield Query("SELECT 7 FROM pg_sleep(60)")
+    return rows[0][0]
+
+
+@read_only
+def _select_seven() -> Operation[int]:
+    rows = yield Query("SELECT 7")
     return rows[0][0]
 
 
@@ -44,6 +51,31 @@ def _terminate_slow_reads() -> int:
             return cursor.fetchone()[0]
     finally:
         connection.close()
+
+
+class PostgresStartTests(TestCase):
+    async def test_a_start_that_failed_part_way_can_be_retried(self) -> None:
+        import psycopg2
+
+        database = PostgresDatabase(fresh_postgres_url(), 3, reactor)
+        self.addCleanup(database.close)
+        unlucky = database._connections[2]
+        connect = unlucky.connect
+        attempts = []
+
+        def fails_once(*args, **kwargs):
+            attempts.append(1)
+            if len(attempts) == 1:
+                return fail(psycopg2.OperationalError("the server refused this one"))
+            return connect(*args, **kwargs)
+
+        self.patch(unlucky, "connect", fails_once)
+        with self.assertRaises(StoreUnavailable):
+            await database.start()
+        # The two that connected the first time must not be "already connected" now.
+        await database.start()
+        self.assertEqual(await database.run(_select_seven), 7)
+        self.assertEqual(len(attempts), 2)
 
 
 class PostgresRestartTests(PostgresStoreMixin, TestCase):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Generator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, FirstError, maybeDeferred
 from twisted.logger import Logger
 
 from meteord.errors import ConstraintViolation, SchemaTooNew, StoreUnavailable
@@ -344,10 +344,23 @@ class PostgresDatabase:
         self._pool = _Pool(None, min=pool_size, **postgres_connect_kwargs(url))
 
     def start(self) -> Deferred[None]:
-        """Open every connection of the pool."""
+        """
+        Open every connection of the pool. A start that fails closes the connections it
+        opened (or is still opening), so that the next start begins afresh rather than
+        finding them already connected.
+        """
         d = self._pool.start()
-        d.addCallback(lambda _: None)
+        d.addCallbacks(lambda _: None, self._abandon_start)
         return d.addErrback(_translate_failure)
+
+    def _abandon_start(self, failure: Any) -> Any:
+        for connection in self._connections:
+            pollable = connection.pollable()
+            if pollable is not None and not pollable.closed:
+                connection.close()
+        if failure.check(FirstError):
+            return failure.value.subFailure  # the connection's own error, not the pool's wrapper
+        return failure
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
         """
