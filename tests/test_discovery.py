@@ -575,6 +575,32 @@ class UDPTests(TestCase):
         self.assertEqual(store_a.nodes["bbbb"]["status"], "offline")
 
     @defer.inlineCallbacks
+    def test_stopping_waits_for_the_registry_load_and_cancels_lookups(self) -> Any:
+        loading: Deferred[list] = Deferred()
+        lookups: list[Deferred[str]] = []
+
+        class SlowStore(RecordingStore):
+            def load_nodes(self) -> Deferred[list]:
+                return loading
+
+        def resolve(name: str, timeout: Any = None) -> Deferred[str]:
+            lookups.append(Deferred())
+            return lookups[-1]
+
+        self.patch(reactor, "resolve", resolve)
+        a = self.start_node("aaaa", self.clock(), store=SlowStore(),
+                            targets=["hub.invalid:47000"])
+        port = a._listening
+        stopped = a.stopService()
+        self.assertEqual(len(lookups), 1)
+        self.assertTrue(lookups[0].called)  # cancelled
+        yield port.d  # the port has closed; the stop still waits for the load
+        self.assertFalse(stopped.called)
+        loading.callback([])
+        yield stopped
+        self.assertEqual(a.counters.resolve_errors, 0)
+
+    @defer.inlineCallbacks
     def test_probe_gets_immediate_reply_rate_limited(self) -> Any:
         clock = self.clock()
         a = self.start_node("aaaa", clock)

@@ -19,8 +19,9 @@ Choices where the specification is silent:
   to the addresses last resolved. The listening socket is IPv4.
 - Probe replies are limited per source address and port (several nodes may share a host), at
   most one a second each.
-- Debug logs of dropped datagrams, send errors and store errors are limited to one per reason
-  per `LOG_PERIOD` seconds, and say how many were not logged in between.
+- Log lines about dropped datagrams (debug) and about send, store and resolve errors and
+  paused reading (warnings) are limited to one per reason per `LOG_PERIOD` seconds, and say
+  how many were not logged in between.
 - Sending to 255.255.255.255 needs a route for it (on Linux, a default route or a route to
   255.255.255.255); without one every announcement there fails, is counted in `send_errors`,
   and the unicast targets still get theirs.
@@ -552,6 +553,9 @@ class DiscoveryService(Service):
         self._listening: BudgetedPort | None = None
         self._loop: LoopingCall | None = None
         self._resolved: dict[str, str] = {}
+        # What stopping waits for (the registry's load) or cancels (name lookups).
+        self._loading: Deferred[None] | None = None
+        self._resolving: set[Deferred[Any]] = set()
 
     @property
     def listening_port(self) -> int | None:
@@ -600,8 +604,12 @@ class DiscoveryService(Service):
         protocol.send(KIND_BYE, self._destinations(listening.getHost().port))
         for node in self.registry.due_saves(protocol.now_ms(), everything=True):
             protocol.save(node)
+        for resolving in list(self._resolving):
+            resolving.cancel()
         closed = defer.maybeDeferred(listening.stopListening)
-        waiting = defer.gatherResults([closed, protocol.saves_done()], consumeErrors=True)
+        waiting = defer.gatherResults(
+            [closed, protocol.saves_done(), self._loading or defer.succeed(None)],
+            consumeErrors=True)
         return waiting.addCallback(lambda _: None)
 
     def _load_registry(self) -> None:
@@ -617,7 +625,7 @@ class DiscoveryService(Service):
             self.counters.store_errors += 1
             self.log.failure("Discovery could not load the saved registry", failure)
 
-        defer.maybeDeferred(self.store.load_nodes).addCallbacks(loaded, failed)
+        self._loading = defer.maybeDeferred(self.store.load_nodes).addCallbacks(loaded, failed)
 
     def _destinations(self, own_port: int | None = None) -> list[tuple[str, int]]:
         if own_port is None:
@@ -634,12 +642,18 @@ class DiscoveryService(Service):
             if isIPAddress(host):
                 continue
             resolving = defer.maybeDeferred(self._reactor.resolve, host)
+            self._resolving.add(resolving)
+            resolving.addBoth(self._resolved_or_not, resolving)
             resolving.addCallbacks(
                 self._remember,
                 self._resolve_failed,
                 callbackArgs=(host, port),
                 errbackArgs=(host,),
             )
+
+    def _resolved_or_not(self, outcome: Any, resolving: Deferred[Any]) -> Any:
+        self._resolving.discard(resolving)
+        return outcome
 
     def _remember(self, address: str, host: str, port: int | None) -> None:
         if not isIPAddress(address):
@@ -651,6 +665,8 @@ class DiscoveryService(Service):
             self.protocol.send(KIND_PROBE, [(address, port or self.listening_port or self._port)])
 
     def _resolve_failed(self, failure: Failure, host: str) -> None:
+        if failure.check(defer.CancelledError):  # cancelled by a stop
+            return
         self.counters.resolve_errors += 1
         if self.protocol is not None:
             self.protocol.log_problem(
