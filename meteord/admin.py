@@ -254,24 +254,31 @@ async def _check_file(store: SQLStore, file_id: str, size: int, md5: str,
 # import-dir
 
 
-def _regular_files(directory: str) -> list[str]:
-    """Every regular file under directory, in name order, not following symbolic links."""
+def _regular_files(directory: str) -> tuple[list[str], list[OSError]]:
+    """
+    Every regular file under directory, in name order, not following symbolic links; and
+    the errors of the directories that could not be read.
+    """
     if not os.path.isdir(directory):
         raise CommandFailed(f"{directory} is not a directory")
     found = []
-    for root, directories, names in os.walk(directory):
+    unreadable: list[OSError] = []
+    for root, directories, names in os.walk(directory, onerror=unreadable.append):
         directories.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
             if os.path.isfile(path) and not os.path.islink(path):
                 found.append(path)
-    return found
+    return found, unreadable
 
 
 async def _import_dir(store: SQLStore, arguments: argparse.Namespace,
                       terminal: _Terminal) -> int:
-    paths = await store.in_thread(_regular_files, arguments.directory)
-    imported = failed = 0
+    paths, unreadable = await store.in_thread(_regular_files, arguments.directory)
+    imported, failed = 0, len(unreadable)
+    for error in unreadable:
+        terminal.warn(f"not imported {error.filename}: the directory cannot be read "
+                      f"({error.strerror or error})")
     with terminal.progress(total=len(paths), unit="file", desc="import") as bar:
         for path in paths:
             try:

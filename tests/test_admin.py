@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -176,6 +177,23 @@ class AdminTests(TestCase):
         self.assertEqual((record.file_name, record.mime_type, str(record.semantic_type)),
                          ("ok.bin", "video/mp4", "meteorpi:video"))
         self.assertTrue(os.path.exists(os.path.join(directory, "too-early.bin")))
+
+    async def test_import_dir_reports_a_directory_it_cannot_read(self) -> None:
+        await self.add_camera_status()
+        directory = self.make_files("a.png")
+        locked = os.path.join(directory, "locked")
+        walk = os.walk
+
+        def walk_meeting_a_locked_directory(top: str, **options: Any) -> Any:
+            options["onerror"](PermissionError(errno.EACCES, "Permission denied", locked))
+            return walk(top, **options)
+
+        self.patch(os, "walk", walk_meeting_a_locked_directory)
+        status, out, err = await self.admin("import-dir", directory)
+        self.assertEqual(status, 1)
+        self.assertEqual(err, f"not imported {locked}: the directory cannot be read "
+                              "(Permission denied)\n")
+        self.assertEqual(out.splitlines()[-1], "imported 1 files, 1 not imported")
 
     async def test_fsck_of_a_sound_store(self) -> None:
         await self.add_camera_status()

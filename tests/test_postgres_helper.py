@@ -14,7 +14,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from txpostgres import txpostgres
 
-from meteord.testing.postgres import PostgresCluster
+from meteord.testing import postgres
+from meteord.testing.postgres import PostgresCluster, PostgresUnavailable
 from tests._postgres import postgres_cluster
 
 
@@ -68,3 +69,25 @@ class PostgresHelperTests(TestCase):
         await connection.connect(**cluster.connect_kwargs())
         self.addCleanup(connection.close)
         self.assertEqual(await connection.runQuery("SHOW work_mem"), [("7MB",)])
+
+
+class SharedClusterTests(TestCase):
+    def test_root_without_a_postgres_account_is_unavailable_with_the_reason(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+
+        def no_such_account(name: str) -> None:
+            raise KeyError(name)
+
+        self.patch(postgres, "_cluster", None)
+        self.patch(postgres, "_failure", None)
+        self.patch(postgres, "find_binaries", lambda: "/usr/bin")
+        self.patch(postgres.tempfile, "mkdtemp", lambda prefix: directory)
+        self.patch(postgres.os, "geteuid", lambda: 0)
+        self.patch(postgres.pwd, "getpwnam", no_such_account)
+        e = self.assertRaises(PostgresUnavailable, postgres.shared_cluster)
+        self.assertIn("no 'postgres' account", str(e))
+        self.assertFalse(os.path.exists(directory))
+        # Remembered: the next test is told the same without trying again.
+        e = self.assertRaises(PostgresUnavailable, postgres.shared_cluster)
+        self.assertIn("no 'postgres' account", str(e))

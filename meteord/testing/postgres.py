@@ -141,13 +141,19 @@ def shared_cluster() -> PostgresCluster:
                     "install the 'postgresql' package to run the PostgreSQL tests")
         raise PostgresUnavailable(_failure)
     directory = tempfile.mkdtemp(prefix="meteord-pg-")
-    run_as = None
-    if os.geteuid() == 0:
-        run_as = "postgres"
-        entry = pwd.getpwnam(run_as)
-        os.chown(directory, entry.pw_uid, entry.pw_gid)
-    cluster = PostgresCluster(bin_dir=bin_dir, directory=directory, run_as=run_as)
     try:
+        run_as = None
+        if os.geteuid() == 0:
+            # The server refuses to run as root: it runs as the account the package creates.
+            run_as = "postgres"
+            try:
+                entry = pwd.getpwnam(run_as)
+            except KeyError:
+                raise PostgresUnavailable(
+                    "running as root, and there is no 'postgres' account to run the server as"
+                ) from None
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+        cluster = PostgresCluster(bin_dir=bin_dir, directory=directory, run_as=run_as)
         cluster.start()
     except (PostgresUnavailable, OSError) as e:
         shutil.rmtree(directory, ignore_errors=True)
