@@ -44,7 +44,6 @@ def default_toml() -> str:
 
 @attrs.frozen
 class _Kind:
-    name: str
     from_toml: Callable[[Any], Any]
     from_text: Callable[[str], Any]
 
@@ -72,7 +71,7 @@ def _integer(minimum: int | None = None, maximum: int | None = None) -> _Kind:
             raise ValueError(f"expected an integer, got {text!r}") from None
         return check(number)
 
-    return _Kind("integer", check, from_text)
+    return _Kind(check, from_text)
 
 
 def _number(minimum: float, exclusive: bool = True, maximum: float | None = None) -> _Kind:
@@ -96,7 +95,7 @@ def _number(minimum: float, exclusive: bool = True, maximum: float | None = None
             raise ValueError(f"expected a number, got {text!r}") from None
         return check(number)
 
-    return _Kind("number", check, from_text)
+    return _Kind(check, from_text)
 
 
 def _boolean_text(text: str) -> bool:
@@ -139,7 +138,7 @@ def _string_list(choices: tuple[str, ...] | None = None,
             return check(parsed)
         return check(stripped.split(","))
 
-    return _Kind("list", check, from_text)
+    return _Kind(check, from_text)
 
 
 def _choice(*choices: str) -> _Kind:
@@ -149,7 +148,7 @@ def _choice(*choices: str) -> _Kind:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    return _Kind("choice", check, check)
+    return _Kind(check, check)
 
 
 def _checked_string(checker: Callable[[str], None]) -> _Kind:
@@ -158,7 +157,7 @@ def _checked_string(checker: Callable[[str], None]) -> _Kind:
         checker(value)
         return value
 
-    return _Kind("string", check, check)
+    return _Kind(check, check)
 
 
 def _check_nothing(value: str) -> None:
@@ -259,12 +258,12 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "endpoint": _checked_string(_check_endpoint),
         "prefix": _checked_string(_check_prefix),
         "apis": _string_list(API_NAMES),
-        "public_query": _Kind("boolean", _boolean_toml, _boolean_text),
+        "public_query": _Kind(_boolean_toml, _boolean_text),
         "request_timeout": _number(0.0),
         "access_log": _checked_string(_check_access_log),
     },
     "discovery": {
-        "enabled": _Kind("boolean", _boolean_toml, _boolean_text),
+        "enabled": _Kind(_boolean_toml, _boolean_text),
         "port": _PORT,
         "interval": _number(0.1, exclusive=False, maximum=86400.0),
         "targets": _string_list(check_item=parse_target),
@@ -273,7 +272,7 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "max_datagrams_per_second": _integer(1, 1_000_000),
     },
     "exporter": {
-        "enabled": _Kind("boolean", _boolean_toml, _boolean_text),
+        "enabled": _Kind(_boolean_toml, _boolean_text),
         "mark_interval": _number(0.0),
         "max_failures_before_disable": _POSITIVE_INT,
         "defer_on_failure": _number(0.0, exclusive=False),
@@ -286,7 +285,7 @@ SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "format": _choice("text", "json"),
     },
     "metrics": {
-        "prometheus": _Kind("boolean", _boolean_toml, _boolean_text),
+        "prometheus": _Kind(_boolean_toml, _boolean_text),
         "statsd_host": _STRING,
         "statsd_port": _PORT,
         "statsd_prefix": _STRING,
