@@ -8,7 +8,7 @@ import os
 import threading
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
@@ -569,6 +569,36 @@ class BackgroundUploadTests(TestCase):
         yield self.assertFailure(upload.commit(BACKGROUND_ID, "0" * 32), ChecksumMismatch)
         self.assertEqual(self.temporary_files(), [])
         self.assertFalse(self.store.path_for(BACKGROUND_ID).exists())
+
+    def test_a_cancelled_commit_finishes_and_cleans_up_on_its_own(self):
+        calls = []
+
+        def run_when_told(f, *args):
+            d = Deferred()
+            calls.append((d, f, args))
+            return d
+
+        store = FileStore(self.mktemp(), run_when_told)
+        started = store.start()
+        while calls:
+            d, f, args = calls.pop(0)
+            d.callback(f(*args))
+        self.successResultOf(started)
+        for expected_md5 in ("0" * 32, hashlib.md5(b"abc").hexdigest()):
+            upload = store.open_upload(producer=_Producer())
+            upload.write(b"abc")
+            upload.end()
+            committing = upload.commit(BACKGROUND_ID, expected_md5)
+            committing.cancel()  # the client went away
+            self.failureResultOf(committing, CancelledError)
+            while calls:  # what the commit had started, and what it does after
+                d, f, args = calls.pop(0)
+                try:
+                    d.callback(f(*args))
+                except Exception:
+                    d.errback()
+            self.assertEqual(os.listdir(os.path.join(store.root.path, "tmp")), [])
+        self.assertEqual(store.path_for(BACKGROUND_ID).getContent(), b"abc")
 
     @inlineCallbacks
     def test_abort_mid_way_and_after_end(self):

@@ -8,6 +8,7 @@ halves interoperate. The key protocol tests run on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
@@ -306,6 +307,23 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         for file_id, data in self.data.items():
             with open(self.store.file_path_for_id(file_id).path, "rb") as f:
                 self.assertEqual(f.read(), data)
+
+    async def test_a_disk_failing_at_commit_is_503_and_leaves_nothing(self) -> None:
+        file_store = self.store.file_store
+        finish = file_store._finish_upload
+
+        def disk_full(out: Any, tmp_path: str, *args: Any) -> Any:
+            file_store._discard(out, tmp_path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(file_store, "_finish_upload", disk_full)
+        code, reply = await self.upload(FILE_A, self.data[FILE_A])
+        self.assertEqual((code, reply), (503, {"message": "The file store cannot take the upload now"}))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(await file_store.exists(FILE_A))
+        self.assertEqual(self.tmp_entries(), [])
+        self.patch(file_store, "_finish_upload", finish)
+        self.assertEqual(await self.upload(FILE_A, self.data[FILE_A]), (200, {"state": "continue"}))
 
     async def test_bytes_of_a_stored_file_are_discarded(self) -> None:
         await self.upload(FILE_A, self.data[FILE_A])

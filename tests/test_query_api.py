@@ -333,6 +333,33 @@ class FileContentTests(QueryTestCase):
             response, body = await self.get(self.content_path(), range_header)
             self.assertEqual((range_header, response.code, body), (range_header, 200, CONTENT))
 
+    async def test_too_many_ranges_are_ignored(self) -> None:
+        response, body = await self.get(self.content_path(), "bytes=" + ",".join(["0-"] * 17))
+        self.assertEqual((response.code, body), (200, CONTENT))
+        response, body = await self.get(self.content_path(), "bytes=0-0,2-2")
+        self.assertEqual(response.code, 206)
+        self.assertIn(b"multipart/byteranges", self.header(response, "Content-Type").encode())
+
+    async def test_undecodable_conditional_headers_are_ignored(self) -> None:
+        cases = [
+            {b"Range": [b"bytes=\xff-"]},
+            {b"If-Modified-Since": [b";"]},
+            {b"If-Modified-Since": [b""]},
+            {b"If-Modified-Since": [b"Mon, 01 Jan 2024 01:00:00 GMT"],
+             b"If-None-Match": [b'"other"']},
+        ]
+        for headers in cases:
+            response, body = await self.call("GET", self.content_path(), headers=headers)
+            self.assertEqual((headers, response.code, body), (headers, 200, CONTENT))
+        response, body = await self.call("GET", self.content_path(), headers={
+            b"If-Modified-Since": [b"Mon, 01 Jan 2024 01:00:00 GMT"]})
+        self.assertEqual(response.code, 304)
+
+    async def test_if_none_match_over_several_header_lines(self) -> None:
+        response, body = await self.call("GET", self.content_path(), headers={
+            b"If-None-Match": [f'"{self.image.sha256}"'.encode(), b'"other"']})
+        self.assertEqual((response.code, body), (304, b""))
+
     async def test_head(self) -> None:
         response, body = await self.get(self.content_path(), method="HEAD")
         self.assertEqual((response.code, body), (200, b""))

@@ -57,6 +57,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from meteord.interfaces import IFileStore
+from meteord.store._shield import shielded
 
 _FILE_ID = re.compile(r"[0-9a-f]{32}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
@@ -603,7 +604,8 @@ class Upload:
 
     def abort(self) -> Deferred[None]:
         """
-        Discard the upload and its temporary file; does nothing once the upload has ended.
+        Discard the upload and its temporary file; does nothing once the upload has been
+        committed or aborted.
         """
         if not self._active:
             return succeed(None)
@@ -782,14 +784,15 @@ class BackgroundUpload:
 
     def abort(self) -> Deferred[None]:
         """
-        Discard the upload and its temporary file; does nothing once the upload has ended.
+        Discard the upload and its temporary file; does nothing once the upload has been
+        committed or aborted.
         """
         if not self._active:
             return succeed(None)
         self._active = False
         self._queue, self._queued = [], 0
         self._resume()
-        return Deferred.fromCoroutine(self._abort())
+        return shielded(Deferred.fromCoroutine(self._abort()))
 
     async def _abort(self) -> None:
         if self._writing or self._synced is not None:
@@ -824,8 +827,10 @@ class BackgroundUpload:
             return fail(UploadClosed())
         self._active = False
         self._resume()
-        return Deferred.fromCoroutine(
-            self._commit(file_id, expected_md5, expected_sha256))
+        # A cancelled caller (its client gone) must not stop the commit half-way: the
+        # commit finishes, or fails and removes the temporary file, on its own.
+        return shielded(Deferred.fromCoroutine(
+            self._commit(file_id, expected_md5, expected_sha256)))
 
     async def _commit(
         self, file_id: str, expected_md5: str | None, expected_sha256: str | None

@@ -19,6 +19,7 @@ from meteord.interfaces import IMeteorStore, INodeRegistryStore
 from meteord.model import ms_to_datetime
 from meteord.store._accounts import AccountOperations
 from meteord.store._records import RecordOperations
+from meteord.store._shield import shielded
 from meteord.store._sql import Operation, PostgresDatabase, Query, SQLiteDatabase, migrate
 from meteord.store.files import FileStore
 
@@ -51,7 +52,7 @@ class SQLStore(RecordOperations, AccountOperations):
         (an HTTP client went away) leaves the transaction to finish on its own: cancelling a
         query half-way would leave the connection in an unknown state.
         """
-        return _shielded(self.database.run(operation, *args))
+        return shielded(self.database.run(operation, *args))
 
     def in_thread(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         """
@@ -91,18 +92,6 @@ class SQLStore(RecordOperations, AccountOperations):
 
     def check(self) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._check())
-
-
-def _shielded(running: Deferred[T]) -> Deferred[T]:
-    """A Deferred with the outcome of ``running`` whose cancellation does not reach it."""
-    result: Deferred[T] = Deferred(lambda _: None)
-
-    def deliver(outcome: Any) -> None:
-        if not result.called:
-            result.callback(outcome)
-
-    running.addBoth(deliver)
-    return result
 
 
 async def _nothing() -> None:

@@ -331,6 +331,9 @@ class ImportAPI:
             return 422, Reply.failed("checksum mismatch")
         except UploadRefused as e:
             raise APIError(e.status, e.message) from None
+        except OSError:
+            log.failure("Could not store the upload of {file_id}", file_id=file_id)
+            raise APIError(503, "The file store cannot take the upload now") from None
         return 200, Reply.continue_()
 
 

@@ -68,6 +68,8 @@ _PREFLIGHT_HEADERS = {
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _MIME_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=(\"[ -~]*\"|{_TOKEN}))*")
+# Ranges in one Range header at most; beyond, the header is ignored and the whole file sent.
+MAX_RANGES = 16
 _UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f\"\\]")
 
 # Every path of this API, for the OPTIONS pre-flights.
@@ -120,6 +122,33 @@ def _etag_matches(header: bytes | None, etag: bytes) -> bool:
     return False
 
 
+def _joined(request: Any, name: bytes) -> bytes | None:
+    """Every value of a list-valued header, as one comma-separated value."""
+    values = request.requestHeaders.getRawHeaders(name)
+    return None if values is None else b",".join(values)
+
+
+def _drop_unusable_conditions(request: Any) -> None:
+    """
+    Headers twisted.web would fail on, or that do not apply, are ignored: a Range that is not
+    ASCII, and an If-Modified-Since that is not a date or comes with If-None-Match (which
+    takes precedence, RFC 9110 13.2.2).
+    """
+    headers = request.requestHeaders
+    ranges = headers.getRawHeaders(b"range")
+    if ranges is not None and not all(value.isascii() for value in ranges):
+        headers.removeHeader(b"range")
+    since = headers.getRawHeaders(b"if-modified-since")
+    if since is not None:
+        try:
+            usable = not headers.hasHeader(b"if-none-match") and all(
+                http.stringToDatetime(value) is not None for value in since)
+        except Exception:
+            usable = False
+        if not usable:
+            headers.removeHeader(b"if-modified-since")
+
+
 class _StoredFile(static.File):
     """
     ``static.File`` for one stored file: the record's type and time, suffix ranges clamped to
@@ -139,6 +168,9 @@ class _StoredFile(static.File):
         ranges = super()._parseRangeHeader(range)
         if not ranges:
             raise ValueError("no range in the Range header")
+        if len(ranges) > MAX_RANGES:
+            # Overlapping ranges would send the file that many times over in one answer.
+            raise ValueError(f"more than {MAX_RANGES} ranges")
         return ranges
 
     def _rangeToOffsetAndSize(self, start: int | None, end: int | None) -> tuple[int, int]:
@@ -331,7 +363,8 @@ class QueryAPI:
         request.setHeader(b"Content-Disposition",
                           content_disposition(safe_file_name(record.file_name, fallback)))
         modified = datetime_to_ms(record.file_time) / 1000
-        if _etag_matches(request.getHeader(b"if-none-match"), etag):
+        _drop_unusable_conditions(request)
+        if _etag_matches(_joined(request, b"if-none-match"), etag):
             request.setLastModified(modified)
             request.setResponseCode(http.NOT_MODIFIED)
             return b""
