@@ -58,6 +58,13 @@ class IFileStore(Interface):
         @return: a Deferred firing with the bytes.
         """
 
+    def move_out(file_id, path):
+        """
+        Move the file stored under C{file_id} out of the store, to C{path}.
+
+        @return: a Deferred firing with None once it is there.
+        """
+
     def remove(file_ids):
         """
         Remove the files with these ids; ids with no file are ignored.

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import DeferredList, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from meteord.errors import EntityNotFound, NoCameraStatus
+from meteord.errors import EntityNotFound, NoCameraStatus, StoreUnavailable
 from meteord.model import (
     MAX_META_CONSTRAINTS,
     CameraStatus,
@@ -211,6 +211,26 @@ class RoundTripTests(_Helpers):
         self.assertTrue(await self.store.has_file_id(record.file_id))
         self.assertFalse(await self.store.has_file_id("2" * 32))
         self.assertIsNone(await self.store.get_file("2" * 32))
+
+    async def test_a_file_whose_record_fails_goes_back_to_its_source(self) -> None:
+        await self.store.update_camera_status(a_status(), at(days=-1), "cam-a")
+        source = self.source_file(b"precious bytes")
+        run = self.store.run
+        calls = []
+
+        def insert_fails(operation: Any, *args: Any) -> Any:
+            calls.append(operation)
+            if len(calls) == 2:  # the check passed; the insert is refused
+                return fail(StoreUnavailable("database unavailable"))
+            return run(operation, *args)
+
+        self.patch(self.store, "run", insert_fails)
+        with self.assertRaises(StoreUnavailable):
+            await self.store.register_file(source, "image/png", "meteorpi:image", at(), [],
+                                           "cam-a")
+        with open(source, "rb") as f:
+            self.assertEqual(f.read(), b"precious bytes")
+        self.assertEqual(list(self.store.file_store.iter_file_ids()), [])
 
     async def test_registered_event_round_trip(self) -> None:
         status = await self.store.update_camera_status(a_status(), at(days=-1), "cam-a")

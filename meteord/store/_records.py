@@ -2,8 +2,9 @@
 The records half of the SQL store: files, events, camera statuses, high-water marks,
 searches, imports from other nodes and bulk loading, as `RecordOperations`, a mixin of
 `SQLStore`. Each public method validates its arguments, does any blocking work (moving and
-hashing files) through the file store's threads, and runs one generator operation, i.e. one
-transaction, on the database.
+hashing files) through the file store's threads, and runs its database work as generator
+operations, each one transaction (one per method, but for ``register_file``: a check, then
+the insert).
 
 Choices where the specification is silent:
 
@@ -972,7 +973,8 @@ class RecordOperations:
     ) -> FileRecord:
         """
         Move the file at ``file_path`` into the file store and record it against the status
-        in force at ``file_time``; NoCameraStatus (nothing moved) when there is none.
+        in force at ``file_time``; NoCameraStatus when there is none. When the record cannot
+        be made, the file is moved back to ``file_path``.
         """
         camera_id = self._camera_id(camera_id)
         record = FileRecord(
@@ -991,7 +993,7 @@ class RecordOperations:
         try:
             return await self.run(_register_file, record)
         except Exception:
-            await self.file_store.remove([record.file_id])
+            await self.file_store.move_out(record.file_id, file_path)
             raise
 
     @_deferred

@@ -43,6 +43,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Optional, Union
 
@@ -478,6 +479,17 @@ class FileStore:
                 continue
             removed.append(file_id)
         return removed
+
+    def move_out(self, file_id: str, path: str | FilePath) -> Deferred[None]:
+        """
+        Move the file stored under C{file_id} to C{path} (an absent path): a file moved in
+        for a record that could not be made goes back where it came from.
+        """
+        try:
+            stored = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        return self._run(shutil.move, stored, _as_str(path))
 
     def exists(self, file_id: str) -> Deferred[bool]:
         """

@@ -88,7 +88,6 @@ class UploadBody:
         self._discarding: list[Deferred[None]] = []
         self.refusal: Optional[UploadRefused] = None
         self.accepting = accept
-        self.received = 0
         if accept:
             self._check_headers(headers, length)
 
@@ -141,7 +140,6 @@ class UploadBody:
 
     def write(self, chunk: bytes) -> None:
         """Take the next chunk of the body (never raises)."""
-        self.received += len(chunk)
         if not self.accepting:
             return
         if self._parser is None:

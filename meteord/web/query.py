@@ -1,8 +1,10 @@
 """
 The query API (MeteorPi-compatible): cameras and their status, searches over events and files,
 single entities by id, and the bytes of files. Public unless ``[http] public_query`` is false,
-then role ``user``; every answer, errors included, carries the CORS headers, and ``OPTIONS``
-pre-flights of every query route are answered without authentication.
+then role ``user``; every answer of a query route, errors included, carries the CORS
+headers, and ``OPTIONS`` pre-flights of every query route are answered without
+authentication. (Answers given before a route is found, such as an unknown path's 404 or an
+oversized body's 413, do not.)
 
 Decisions where the specification is silent:
 
