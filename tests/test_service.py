@@ -202,20 +202,7 @@ class ServiceTests(TestCase):
 
 
     async def test_slow_request_answered_503_after_the_timeout(self) -> None:
-        node = await self.start_node({("http", "request_timeout"): "2.5"})
-        site = node.getServiceNamed("http").site
-        clock = Clock()
-        site.clock = clock
-        started: Deferred[None] = Deferred()
-
-        class Stuck(Resource):
-            isLeaf = True
-
-            def render(self, request):
-                started.callback(None)
-                return NOT_DONE_YET  # and never done
-
-        site.resource = Stuck()
+        site, clock, (started,) = await self.stuck_site(1, timeout="2.5")
         response_d = treq.get(self.base + "/api/healthz", persistent=False)
         await started
         (request,) = site.in_flight
@@ -228,15 +215,20 @@ class ServiceTests(TestCase):
         self.assertEqual(json.loads(await response.content()), {"message": "Request timed out"})
         self.assertEqual(site.in_flight, set())
 
-    async def stuck_site(self, requests: int) -> tuple[Any, Clock, list[Deferred[Request]]]:
-        """
-        A node whose requests time out after 2 s on a test clock, and whose resource never
-        answers (but answers ``/done`` at once); the i-th request that reaches it fires the
-        i-th of the Deferreds returned.
-        """
-        node = await self.start_node({("http", "request_timeout"): "2"})
+    async def site_on_a_test_clock(self, timeout: str) -> tuple[Any, Clock]:
+        """A node whose requests time out after ``timeout`` seconds of a test clock."""
+        node = await self.start_node({("http", "request_timeout"): timeout})
         site = node.getServiceNamed("http").site
         site.clock = Clock()
+        return site, site.clock
+
+    async def stuck_site(self, requests: int, timeout: str = "2"
+                         ) -> tuple[Any, Clock, list[Deferred[Request]]]:
+        """
+        `site_on_a_test_clock` with a resource that never answers (but answers ``/done`` at
+        once); the i-th request that reaches it fires the i-th of the Deferreds returned.
+        """
+        site, clock = await self.site_on_a_test_clock(timeout)
         arrived: list[Deferred[Request]] = [Deferred() for _ in range(requests)]
         waiting = list(arrived)
 
@@ -250,7 +242,7 @@ class ServiceTests(TestCase):
                 return NOT_DONE_YET  # and never done
 
         site.resource = Stuck()
-        return site, site.clock, arrived
+        return site, clock, arrived
 
     async def test_each_request_times_out_at_its_own_deadline(self) -> None:
         site, clock, (first_arrived, second_arrived) = await self.stuck_site(2)
@@ -313,10 +305,7 @@ class ServiceTests(TestCase):
         self.assertEqual((await received).count(b"Request timed out"), 2)
 
     async def test_what_a_handler_writes_after_its_time_out_is_dropped(self) -> None:
-        node = await self.start_node({("http", "request_timeout"): "2"})
-        site = node.getServiceNamed("http").site
-        clock = Clock()
-        site.clock = clock
+        site, clock = await self.site_on_a_test_clock("2")
         started: Deferred[None] = Deferred()
         release: Deferred[None] = Deferred()
         app = Klein()
