@@ -1,7 +1,11 @@
 # The two commands: `make run` starts a node on the embedded default, `make test` runs the
 # whole trial suite (SQLite, and PostgreSQL when its server binaries are installed).
 
-PYTHON ?= python3
+# The virtualenv's interpreter: the distribution's /usr/bin/python3 where it can make one
+# (Debian builds it with PGO and LTO, and meteord needs 20-30 % less CPU on it than on a
+# build without them, such as pyenv's default), else the python3 on PATH.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import ensurepip, sys; assert sys.version_info >= (3, 11)' \
+	2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := setup.py $(shell find meteord twisted -name '*.py' -o -name '*.toml' -o -name '*.sql')

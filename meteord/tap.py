@@ -5,6 +5,7 @@ configuration and hands it to ``meteord.service.make_service``. Nothing else liv
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -65,6 +66,17 @@ class _DaemonNode(MultiService):
         super().__init__()
         self._log_observer = log_observer
         node.setServiceParent(self)
+
+    def startService(self) -> None:
+        """
+        Start the node, then move what start-up made (modules, classes, the configuration)
+        out of the garbage collector's sight with ``gc.freeze``: its full collections then scan
+        only what requests create, about a third of their cost under load. Done here, in the
+        daemon, not in ``make_service``: a program embedding a node owns its own collector.
+        """
+        super().startService()
+        gc.collect()
+        gc.freeze()
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized):

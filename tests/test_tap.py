@@ -5,15 +5,16 @@ overrides, and a bad setting ending the start with one line.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import IServiceMaker, MultiService, Service
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from meteord.tap import Options, makeService
+from meteord.tap import Options, _DaemonNode, makeService
 
 
 class PluginTests(SynchronousTestCase):
@@ -75,3 +76,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, MultiService)
         self.assertEqual([s.name for s in service], ["meteord"])
         self.assertIn("meteord.tap", sys.modules)
+
+
+class DaemonNodeTests(SynchronousTestCase):
+    def test_start_freezes_what_start_up_made(self) -> None:
+        """
+        The daemon's start moves what exists once its services have started into the
+        collector's permanent generation, out of every later collection's scan.
+        """
+        gc.unfreeze()
+        self.addCleanup(gc.unfreeze)
+        made_by_start_up = {"kept": "for the whole run"}
+        frozen_when_started = []
+
+        class Child(Service):
+            def startService(self) -> None:
+                frozen_when_started.append(gc.get_freeze_count())
+
+        node = MultiService()
+        Child().setServiceParent(node)
+        _DaemonNode(node, lambda event: None).startService()
+        self.assertEqual(frozen_when_started, [0])
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertNotIn(id(made_by_start_up), {id(o) for o in gc.get_objects()})
