@@ -181,6 +181,10 @@ class ValidationTests(ConfigTestCase):
         self.assertConfigError(["[logging] path", "cannot be created"],
                                env={"METEORD_LOGGING_PATH": path})
 
+    def test_log_file_relative_to_the_working_directory(self) -> None:
+        config = load_config(environ={**self.base_env, "METEORD_LOGGING_PATH": "meteord.log"})
+        self.assertEqual(config.logging.path, "meteord.log")
+
     def test_config_file_not_utf8_or_nested_too_deeply(self) -> None:
         path = self.mktemp()
         with open(path, "wb") as f:

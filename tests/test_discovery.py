@@ -23,7 +23,7 @@ import attrs
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -31,6 +31,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import meteord
+from meteord.config import parse_target
 from meteord.interfaces import INodeRegistryStore
 from meteord.protocols.beacon import (
     DEFAULT_PORT,
@@ -57,9 +58,9 @@ from meteord.protocols.discovery import (
     DiscoveryService,
     MemoryNodeRegistryStore,
     NodeIdentity,
-    parse_target,
 )
 from meteord.protocols.registry import NodeRegistry
+from tests._waiting import wait_until
 from tests.test_beacon import make_beacon
 
 T0 = 1_700_000_000
@@ -401,14 +402,9 @@ class Collector(DatagramProtocol):
         self.received.append((datagram, addr))
 
 
-@defer.inlineCallbacks
-def eventually(condition: Callable[[], bool], what: str) -> Any:
+def eventually(condition: Callable[[], bool], what: str) -> Deferred[None]:
     """Fires once C{condition()} holds, checked every few ms; fails after L{WAIT_SECONDS}."""
-    deadline = reactor.seconds() + WAIT_SECONDS
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"gave up waiting {WAIT_SECONDS} s for {what}")
-        yield deferLater(reactor, 0.002, lambda: None)
+    return Deferred.fromCoroutine(wait_until(condition, what, WAIT_SECONDS, 0.002))
 
 
 def listening(service: DiscoveryService) -> BudgetedPort:

@@ -38,7 +38,7 @@ from meteord.model import (
     CameraStatus, Event, EventSearch, ExportConfiguration, ExportOutcome, ExportStatus,
     ExportTask, FileRecord, FileRecordSearch, Location, Orientation, TimeWindow,
     datetime_to_ms, ms_to_datetime, new_id)
-from meteord.store.files import FileNotStored
+from meteord.store.files import FileNotStored, _read_and_digest
 
 CAMERA = "0123456789ab"
 TARGET = "http://hub.example/api/import"
@@ -85,10 +85,7 @@ class FakeFileStore:
         return succeed(f)
 
     def read(self, f: Any, size: int, digest: Any = None) -> Deferred:
-        data = f.read(size)
-        if digest is not None:
-            digest.update(data)
-        return succeed(data)
+        return succeed(_read_and_digest(f, size, digest))
 
 
 @attrs.define

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import os
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -23,7 +23,6 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.ssl import PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import BrowserLikePolicyForHTTPS
@@ -36,6 +35,7 @@ from meteord.exporter.tls import (
     CAFileUnreadable, PinningPolicyForHTTPS, certificate_fingerprint, https_policy,
     load_trust_root)
 from meteord.model import ExportConfiguration
+from tests._waiting import wait_until
 from tests.test_exporter_service import FakeStore, export_config
 
 DAY = datetime.timedelta(days=1)
@@ -201,14 +201,7 @@ class ExportOverTLSTests(TestCase):
         await port.stopListening()
         for protocol in list(factory.protocols):
             protocol.transport.abortConnection()
-        await self.wait_for(lambda: not factory.protocols)
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 15.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not condition():
-            if reactor.seconds() > deadline:
-                self.fail("timed out waiting")
-            await deferLater(reactor, 0.01)
+        await wait_until(lambda: not factory.protocols)
 
     async def export(self, target_url: str, service_ca_file: Optional[str] = None,
                      **tls: Any) -> tuple[ExportConfiguration, ExporterService]:
@@ -225,7 +218,7 @@ class ExportOverTLSTests(TestCase):
             return bool(tasks) and (tasks[0].state != "pending"
                                     or outcome.consecutive_failures > 0)
 
-        await self.wait_for(settled)
+        await wait_until(settled)
         return config, service
 
     async def _stop(self, service: ExporterService) -> None:
@@ -356,7 +349,7 @@ class ExportOverTLSTests(TestCase):
         service = ExporterService(self.store, reactor, concurrency=1)
         service.startService()
         self.addCleanup(self._stop, service)
-        await self.wait_for(lambda: all(self.store.tasks_of(c) and (
+        await wait_until(lambda: all(self.store.tasks_of(c) and (
             self.store.tasks_of(c)[0].state == "done"
             or self.store.outcomes[c.config_id].consecutive_failures) for c in configs))
         self.assertEqual([self.store.tasks_of(c)[0].state for c in configs],

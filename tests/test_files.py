@@ -570,7 +570,8 @@ class BackgroundUploadTests(TestCase):
         self.assertEqual(self.temporary_files(), [])
         self.assertFalse(self.store.path_for(BACKGROUND_ID).exists())
 
-    def test_a_cancelled_commit_finishes_and_cleans_up_on_its_own(self):
+    def store_run_when_told(self):
+        """A started store whose thread work runs only when ``run_all`` is called."""
         calls = []
 
         def run_when_told(f, *args):
@@ -578,12 +579,22 @@ class BackgroundUploadTests(TestCase):
             calls.append((d, f, args))
             return d
 
+        def run_all():
+            while calls:
+                d, f, args = calls.pop(0)
+                try:
+                    d.callback(f(*args))
+                except Exception:
+                    d.errback()
+
         store = FileStore(self.mktemp(), run_when_told)
         started = store.start()
-        while calls:
-            d, f, args = calls.pop(0)
-            d.callback(f(*args))
+        run_all()
         self.successResultOf(started)
+        return store, run_all
+
+    def test_a_cancelled_commit_finishes_and_cleans_up_on_its_own(self):
+        store, run_all = self.store_run_when_told()
         for expected_md5 in ("0" * 32, hashlib.md5(b"abc").hexdigest()):
             upload = store.open_upload(producer=_Producer())
             upload.write(b"abc")
@@ -591,14 +602,21 @@ class BackgroundUploadTests(TestCase):
             committing = upload.commit(BACKGROUND_ID, expected_md5)
             committing.cancel()  # the client went away
             self.failureResultOf(committing, CancelledError)
-            while calls:  # what the commit had started, and what it does after
-                d, f, args = calls.pop(0)
-                try:
-                    d.callback(f(*args))
-                except Exception:
-                    d.errback()
+            run_all()  # what the commit had started, and what it does after
             self.assertEqual(os.listdir(os.path.join(store.root.path, "tmp")), [])
         self.assertEqual(store.path_for(BACKGROUND_ID).getContent(), b"abc")
+
+    def test_a_cancelled_abort_finishes_and_cleans_up_on_its_own(self):
+        store, run_all = self.store_run_when_told()
+        upload = store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        upload.end()
+        aborting = upload.abort()
+        aborting.cancel()  # the client went away
+        self.failureResultOf(aborting, CancelledError)
+        run_all()  # what the abort had started, and what it does after
+        self.assertEqual(os.listdir(os.path.join(store.root.path, "tmp")), [])
+        self.assertFalse(store.path_for(BACKGROUND_ID).exists())
 
     @inlineCallbacks
     def test_abort_mid_way_and_after_end(self):

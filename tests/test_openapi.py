@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 import meteord.web
 import tests.test_admin_api as admin_tests
 import tests.test_query_api as query_tests
+from meteord.model import MAX_LIMIT, MAX_META_CONSTRAINTS
 from meteord.web.admin import AdminAPI
 from meteord.web.openapi import OPERATIONS, SCHEMAS, build_document, openapi_path
 from meteord.web.ops import OperationsAPI
@@ -118,6 +119,12 @@ class DocumentTests(TestCase):
         self.assertEqual(set(self.document), {"openapi", "info", "paths", "components"})
         for path in self.document["paths"]:
             self.assertTrue(path.startswith("/api/"), path)
+
+    def test_search_limits_are_the_model_ones(self) -> None:
+        for name in ("EventSearch", "FileRecordSearch"):
+            properties = self.document["components"]["schemas"][name]["properties"]
+            self.assertEqual((properties["limit"]["maximum"], properties["meta"]["maxItems"]),
+                             (MAX_LIMIT, MAX_META_CONSTRAINTS))
 
     def test_nothing_undocumented(self) -> None:
         undocumented = [(path, method) for path, item in self.document["paths"].items()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyServer
 from twisted.trial.unittest import TestCase
 
@@ -28,6 +27,7 @@ from meteord.model import (
 from meteord.store.sql import open_store
 from meteord.testing.node import RunningNode, start_node
 from tests._postgres import fresh_postgres_url
+from tests._waiting import wait_until
 
 CAMERA = "0123456789ab"
 T0 = datetime(2024, 3, 1, 20, tzinfo=timezone.utc)
@@ -207,20 +207,6 @@ class ReplicationMixin:
         if service.running:
             await service.stopService()
 
-    async def wait_for(self, condition: Callable[[], Any], timeout: float = 20.0,
-                       interval: float = 0.05) -> None:
-        """Poll `condition` (which may return a Deferred or coroutine) until it is true."""
-        deadline = reactor.seconds() + timeout
-        while True:
-            result = condition()
-            if isinstance(result, (Deferred, Coroutine)):
-                result = await result
-            if result:
-                return
-            if reactor.seconds() >= deadline:
-                self.fail("timed out waiting")
-            await deferLater(reactor, interval)
-
     async def drained(self, store: Any, configs: list[ExportConfiguration], *tasks: int) -> bool:
         """Whether each configuration has its number of `tasks`, none of them pending."""
         for config, expected in zip(configs, tasks):
@@ -270,7 +256,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         await self.populate(camera.store, events=200, stand_alone=20)
         configs = await self.add_exports(camera.store, hub.url("import"))
         exporter = self.exporter(camera.store)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 200, 20))
+        await wait_until(lambda: self.drained(camera.store, configs, 200, 20))
         await self.assert_replicated(camera, hub)
         event_status = await self.status(camera.store, configs[0])
         file_status = await self.status(camera.store, configs[1])
@@ -281,7 +267,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
                           totals.entity_failures), (220, 220, 0, 0))
         self.assertEqual(event_status.bytes_sent + file_status.bytes_sent, totals.bytes_sent)
         await camera.store.register_event(CAMERA, T0 + timedelta(hours=1), "meteorpi:meteor")
-        await self.wait_for(lambda: self.drained(camera.store, configs, 201, 20))
+        await wait_until(lambda: self.drained(camera.store, configs, 201, 20))
         await self.assert_replicated(camera, hub)
 
     async def test_hub_down_at_start_then_started(self) -> None:
@@ -291,13 +277,19 @@ class ReplicationTests(ReplicationMixin, TestCase):
         configs = await self.add_exports(camera.store, f"http://127.0.0.1:{port}/api/import")
         exporter = self.exporter(camera.store, failure_policy=FailurePolicy(
             defer_on_failure=1.0, max_failures_before_disable=4))
-        await self.wait_for(lambda: exporter.totals().transport_failures >= 2)
+
+        async def both_failed() -> bool:
+            # Failures are counted as they happen and stored after: wait for the store.
+            return (exporter.totals().transport_failures >= 2 and all(
+                [(await self.status(camera.store, c)).consecutive_failures for c in configs]))
+
+        await wait_until(both_failed, "both configurations to fail once")
         statuses = [await self.status(camera.store, c) for c in configs]
         self.assertEqual([s.consecutive_failures for s in statuses], [1, 1])
         self.assertTrue(all(s.enabled for s in statuses))
         self.assertIn("refused", statuses[0].last_error.lower())
         hub = await self.start_hub(port)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 20, 3))
+        await wait_until(lambda: self.drained(camera.store, configs, 20, 3))
         await self.assert_replicated(camera, hub)
         statuses = [await self.status(camera.store, c) for c in configs]
         self.assertEqual([s.consecutive_failures for s in statuses], [0, 0])
@@ -305,21 +297,21 @@ class ReplicationTests(ReplicationMixin, TestCase):
     async def test_hub_restarted_mid_round(self) -> None:
         hub, front, camera, configs = await self._through_front(120)
         exporter = self.exporter(camera.store)
-        await self.wait_for(lambda: exporter.totals().successes >= 20, timeout=30)
+        await wait_until(lambda: exporter.totals().successes >= 20, timeout=30)
         # As the exporter sees a restart: its connections cut mid-round, nobody answering,
         # then the hub back on its database. The cut comes between two of the hub's answers
         # (a hub cut off while it answers logs the cancelled database queries as errors).
         front.mode = "drop"
         site = hub.service.getServiceNamed("http").site
-        await self.wait_for(lambda: not site.in_flight, interval=0.001)
+        await wait_until(lambda: not site.in_flight, interval=0.001)
         front.cut_all()
         await hub.stop()
         self.assertGreater((await self.status(camera.store, configs[0])).pending, 0)
-        await self.wait_for(lambda: exporter.totals().transport_failures >= 1)
+        await wait_until(lambda: exporter.totals().transport_failures >= 1)
         hub = await self.start_hub()
         front.port = hub.service.getServiceNamed("http").port.getHost().port
         front.mode = "forward"
-        await self.wait_for(lambda: self.drained(camera.store, configs, 120, 0), timeout=30)
+        await wait_until(lambda: self.drained(camera.store, configs, 120, 0), timeout=30)
         await self.assert_replicated(camera, hub)
         status = await self.status(camera.store, configs[0])
         self.assertEqual((status.done, status.failed, status.enabled), (120, 0, True))
@@ -342,7 +334,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         front.cut_after_bytes = 1_000_000
         front.cut_uploads = 3
         exporter = self.exporter(camera.store, concurrency=1)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 10, 0), timeout=30)
+        await wait_until(lambda: self.drained(camera.store, configs, 10, 0), timeout=30)
         await self.assert_replicated(camera, hub)
         self.assertEqual(front.cuts, 3)
         totals = exporter.totals()
@@ -358,12 +350,12 @@ class ReplicationTests(ReplicationMixin, TestCase):
         hub, front, camera, configs = await self._through_front(15)
         front.mode = "500"
         exporter = self.exporter(camera.store, concurrency=2)
-        await self.wait_for(
+        await wait_until(
             lambda: self.status(camera.store, configs[0]).addCallback(
                 lambda s: s.consecutive_failures == 3))
         self.assertTrue((await self.status(camera.store, configs[0])).enabled)
         front.mode = "forward"
-        await self.wait_for(lambda: self.drained(camera.store, configs, 15, 0))
+        await wait_until(lambda: self.drained(camera.store, configs, 15, 0))
         await self.assert_replicated(camera, hub)
         status = await self.status(camera.store, configs[0])
         self.assertEqual((status.consecutive_failures, status.enabled, status.failed),
@@ -375,7 +367,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         hub, front, camera, configs = await self._through_front(5)
         front.mode = "500"
         exporter = self.exporter(camera.store, concurrency=1)
-        await self.wait_for(lambda: self.status(camera.store, configs[0]).addCallback(
+        await wait_until(lambda: self.status(camera.store, configs[0]).addCallback(
             lambda s: not s.enabled))
         status = await self.status(camera.store, configs[0])
         self.assertEqual(status.consecutive_failures, 4)
@@ -383,7 +375,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
                          "4 consecutive transport failures, the last: HTTP 500 from importer")
         self.assertEqual(status.pending, 5)
         rounds = exporter.rounds
-        await self.wait_for(lambda: exporter.rounds >= rounds + 5)  # and nothing more is sent
+        await wait_until(lambda: exporter.rounds >= rounds + 5)  # and nothing more is sent
         self.assertEqual(exporter.counters[configs[0].config_id].transport_failures, 4)
         self.assertEqual((await self.snapshot(hub.store))["events"], [])
 
@@ -391,14 +383,14 @@ class ReplicationTests(ReplicationMixin, TestCase):
         hub, front, camera, configs = await self._through_front(8)
         front.mode = "garbage"
         self.exporter(camera.store, concurrency=2)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 8, 0))
+        await wait_until(lambda: self.drained(camera.store, configs, 8, 0))
         status = await self.status(camera.store, configs[0])
         self.assertEqual((status.failed, status.enabled, status.consecutive_failures),
                          (8, True, 0))
         self.assertEqual(status.last_error, "importer reply is not JSON")
         front.mode = "forward"
         self.assertEqual(await camera.store.retry_export_tasks(configs[0].config_id), 8)
-        await self.wait_for(lambda: self.status(camera.store, configs[0]).addCallback(
+        await wait_until(lambda: self.status(camera.store, configs[0]).addCallback(
             lambda s: s.done == 8))
         await self.assert_replicated(camera, hub)
 
@@ -413,7 +405,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
             f.write(b"corrupt!")
         configs = await self.add_exports(camera.store, hub.url("import"))
         self.exporter(camera.store)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 30, 0))
+        await wait_until(lambda: self.drained(camera.store, configs, 30, 0))
         status = await self.status(camera.store, configs[0])
         self.assertEqual((status.done, status.failed, status.enabled), (29, 1, True))
         self.assertIn(f"file {victim.files[0].file_id} on this node no longer matches",
@@ -440,7 +432,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         self.addCleanup(second_store.close)
         first = self.exporter(camera.store, concurrency=3)
         second = self.exporter(second_store, concurrency=3)
-        await self.wait_for(lambda: self.drained(camera.store, configs, 80, 10), timeout=30)
+        await wait_until(lambda: self.drained(camera.store, configs, 80, 10), timeout=30)
         await self.assert_replicated(camera, hub)
         one, two = first.totals(), second.totals()
         self.assertEqual(one.attempts + two.attempts, 90)

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -33,6 +33,7 @@ from meteord.config import load_config
 from meteord.errors import StoreUnavailable
 from meteord.service import HTTP_STOP_GRACE_SECONDS, StartAfter, make_service
 from meteord.store.service import INITIAL_PASSWORD_FILE, write_initial_password
+from tests._waiting import wait_until
 
 
 def node_config(data_dir: str, options=None):
@@ -143,10 +144,8 @@ class ServiceTests(TestCase):
         response_d = treq.get(self.base + "/api/healthz", persistent=False)
         await started
         stopped = node.stopService()
-        for _ in range(1000):  # the grace starts once the port has closed
-            if clock.getDelayedCalls():
-                break
-            await deferLater(reactor, 0.001)
+        # the grace starts once the port has closed
+        await wait_until(clock.getDelayedCalls, "the grace timer", interval=0.001)
         clock.advance(HTTP_STOP_GRACE_SECONDS - 0.1)
         self.assertEqual(len(http.site.in_flight), 1)
         clock.advance(0.1)
@@ -180,6 +179,17 @@ class ServiceTests(TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         with open(path) as f:
             self.assertEqual(f.read(), "new\n")
+
+    def test_initial_password_not_written_through_a_symlink(self) -> None:
+        data_dir = self.mktemp()
+        os.mkdir(data_dir)
+        elsewhere = os.path.abspath(self.mktemp())
+        with open(elsewhere, "w") as f:
+            f.write("not the password's\n")
+        os.symlink(elsewhere, os.path.join(data_dir, INITIAL_PASSWORD_FILE))
+        self.assertRaises(OSError, write_initial_password, data_dir, "new")
+        with open(elsewhere) as f:
+            self.assertEqual(f.read(), "not the password's\n")
 
     async def test_second_start_keeps_the_admin(self) -> None:
         data_dir = self.mktemp()
@@ -290,10 +300,8 @@ class ServiceTests(TestCase):
         # The second request reaches the server while the first is handled: twisted.web
         # keeps it, and starts it as soon as the first is answered, within the time-out.
         client.transport.write(request_bytes)
-        for _ in range(1000):
-            if first.channel._dataBuffer:
-                break
-            await deferLater(reactor, 0.001)
+        await wait_until(lambda: first.channel._dataBuffer, "the pipelined request",
+                         interval=0.001)
         self.assertTrue(first.channel._dataBuffer)
         clock.advance(2)
         self.assertTrue(first.finished)
@@ -356,6 +364,22 @@ class StartAfterTests(TestCase):
         self.successResultOf(after.stopService())
         self.assertTrue(ready.called)
         self.assertFalse(child.running)
+
+
+    def test_a_failed_wait_is_logged_and_starts_nothing(self) -> None:
+        ready: Deferred[None] = Deferred()
+        after = StartAfter(lambda: ready)
+        child = Service()
+        child.setName("exporter")
+        child.setServiceParent(after)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        after.startService()
+        ready.errback(RuntimeError("the store gave up"))
+        self.assertFalse(child.running)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("waiting to start exporter failed", [formatEvent(e) for e in events])
 
 
 class AccessLogTests(TestCase):

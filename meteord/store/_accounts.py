@@ -368,7 +368,7 @@ def _keep_an_admin(admins_before: int) -> Operation[None]:
     """Fail (rolling the transaction back) if the last camera_admin has just gone."""
     admins_after = yield from _count_admins()
     if admins_before and not admins_after:
-        raise LastCameraAdmin("the change would leave no user with role camera_admin")
+        raise LastCameraAdmin("The change would leave no user with role camera_admin")
 
 
 def _replace_hash(user_id: str, old_hash: str, new_hash: str) -> Operation[None]:

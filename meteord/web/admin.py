@@ -49,7 +49,7 @@ from meteord.model import (
 )
 from meteord.web._body import read_json_body
 from meteord.web.auth import Authenticator
-from meteord.web.errors import APIError, entity_not_found, install_error_handlers
+from meteord.web.errors import entity_not_found, install_error_handlers
 from meteord.web.responses import write_json
 
 __all__ = ["AdminAPI"]
@@ -156,14 +156,10 @@ class AdminAPI:
                 raise InvalidEntity(f"{key}.roles", "is required")
             user = _user(entry.get("user_id"), entry.get("roles"), key)
             changes[user.user_id] = user
-        current = {user.user_id: user for user in await self._store.get_users()}
+        known = {user.user_id for user in await self._store.get_users()}
         for index, entry in enumerate(entries):
-            if entry["user_id"] not in current:
+            if entry["user_id"] not in known:
                 raise InvalidEntity(f"new_roles[{index}].user_id", "no such user")
-        after = {**current, **changes}
-        had_admin = any(u.has_role("camera_admin") for u in current.values())
-        if had_admin and not any(u.has_role("camera_admin") for u in after.values()):
-            raise APIError(409, "The change would leave no user with role camera_admin")
         try:
             await self._store.set_roles(
                 {user.user_id: sorted(user.roles) for user in changes.values()})

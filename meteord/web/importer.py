@@ -126,6 +126,7 @@ class _Serialised:
             yield
         finally:
             lock.release()
+            # Releasing can run the next holder to its end at once, which removes the lock.
             if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
                 del self._locks[key]
 

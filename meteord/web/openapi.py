@@ -15,7 +15,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from meteord import __version__
-from meteord.model import MAX_LIMIT
+from meteord.model import MAX_LIMIT, MAX_META_CONSTRAINTS
 from meteord.web.root import MountableAPI
 
 __all__ = ["OPERATIONS", "build_document", "openapi_path"]
@@ -46,7 +46,7 @@ _SEARCH_COMMON = {
     "after": _TIME, "before": _TIME,
     "after_offset": {"type": "number", "minimum": 0, "exclusiveMaximum": 86400},
     "before_offset": {"type": "number", "minimum": 0, "exclusiveMaximum": 86400},
-    "meta": _list(_ref("MetaConstraint")),
+    "meta": {**_list(_ref("MetaConstraint")), "maxItems": MAX_META_CONSTRAINTS},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
     "skip": {"type": "integer", "minimum": 0, "default": 0},
     "exclude_imported": {"type": "boolean"},
