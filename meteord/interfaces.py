@@ -121,7 +121,7 @@ class IMeteorStore(Interface):
         """Apply migrations and prepare the file store. -> None"""
 
     def close():
-        """Close the database pool. -> None"""
+        """Close the database pool once the transactions under way have ended. -> None"""
 
     def check():
         """Whether the database answers a trivial query now. -> bool"""

@@ -6,13 +6,16 @@ the store provides every interface it claims (the discovery registry's suite run
 
 from __future__ import annotations
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from zope.interface.verify import verifyObject
 
 from meteord.errors import ConstraintViolation, SchemaTooNew
 from meteord.interfaces import IFileStore, IMeteorStore
-from meteord.store._sql import Query, migrate, migrations
+from meteord.store._sql import SQLITE, Query, migrate, migrations
+from meteord.store.sql import CLOSE_GRACE_SECONDS, SQLStore
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
 from tests.test_discovery import NodeRegistryStoreTestsMixin
 
@@ -65,6 +68,38 @@ class SQLFoundationTests:
 
     async def test_check_answers(self) -> None:
         self.assertTrue(await self.store.check())
+
+    async def test_close_lets_transactions_under_way_finish(self) -> None:
+        running = self.store.run(_modulo)
+        left = self.store.run(_modulo)
+        left.cancel()  # its client went away; the transaction goes on
+        self.failureResultOf(left, CancelledError)
+        await self.store.close()
+        self.assertEqual(self.successResultOf(running), 3)
+
+
+class CloseGraceTests(SynchronousTestCase):
+    def test_close_waits_for_a_stuck_transaction_no_longer_than_the_grace(self) -> None:
+        class StuckDatabase:
+            dialect = SQLITE
+            closed = False
+
+            def run(self, operation, *args) -> Deferred:
+                return Deferred()
+
+            def close(self) -> None:
+                self.closed = True
+
+        clock = Clock()
+        database = StuckDatabase()
+        store = SQLStore(database, None, "0123456789ab", clock)
+        store.run(_modulo)
+        closing = store.close()
+        clock.advance(CLOSE_GRACE_SECONDS - 0.1)
+        self.assertFalse(database.closed)
+        clock.advance(0.1)
+        self.assertTrue(database.closed)
+        self.successResultOf(closing)
 
 
 class SQLiteFoundationTests(SQLiteStoreMixin, SQLFoundationTests, TestCase):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
@@ -26,6 +26,7 @@ from meteord.store.files import FileStore
 T = TypeVar("T")
 
 CHECK_TIMEOUT_SECONDS = 5.0
+CLOSE_GRACE_SECONDS = 5.0
 CPU_WORK_CONCURRENCY = 2
 
 
@@ -45,6 +46,8 @@ class SQLStore(RecordOperations, AccountOperations):
         self.clock: IReactorTime = reactor
         self._reactor = reactor
         self._cpu_work = DeferredSemaphore(CPU_WORK_CONCURRENCY)
+        self._running: set[Deferred[Any]] = set()
+        self._closing: Deferred[None] | None = None
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
         """
@@ -52,7 +55,14 @@ class SQLStore(RecordOperations, AccountOperations):
         (an HTTP client went away) leaves the transaction to finish on its own: cancelling a
         query half-way would leave the connection in an unknown state.
         """
-        return shielded(self.database.run(operation, *args))
+        running = self.database.run(operation, *args)
+        self._running.add(running)
+        running.addBoth(self._ran, running)
+        return shielded(running)
+
+    def _ran(self, result: Any, running: Deferred[Any]) -> Any:
+        self._running.discard(running)
+        return result
 
     def in_thread(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         """
@@ -80,8 +90,22 @@ class SQLStore(RecordOperations, AccountOperations):
         return Deferred.fromCoroutine(self._start())
 
     def close(self) -> Deferred[None]:
+        """
+        Close the database once the transactions under way have ended, or after
+        ``CLOSE_GRACE_SECONDS``: a request whose client went away leaves its transaction
+        running (see `run`), and closing under it would fail it half-way. Closing again waits
+        for the first close.
+        """
+        if self._closing is None:
+            self._closing = Deferred.fromCoroutine(self._close())
+        return shielded(self._closing)
+
+    async def _close(self) -> None:
+        if self._running:
+            waiting = DeferredList([shielded(running) for running in self._running],
+                                   consumeErrors=True)
+            await waiting.addTimeout(CLOSE_GRACE_SECONDS, self.clock)
         self.database.close()
-        return Deferred.fromCoroutine(_nothing())
 
     async def _check(self) -> bool:
         try:
@@ -92,10 +116,6 @@ class SQLStore(RecordOperations, AccountOperations):
 
     def check(self) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._check())
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _select_one() -> Operation[int]:
