@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredList, fail
+from twisted.internet.defer import DeferredList, fail, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -487,6 +487,31 @@ class DataSetTests(_Helpers):
             getattr(self, name).to_dict() for name in self.ALL_EVENTS[1:3]]})
         self.assertEqual(await self.store.search_events_wire(EventSearch(camera_ids="none")),
                          {"count": 0, "events": []})
+
+    async def test_reads_by_id_asked_together_share_a_statement(self) -> None:
+        """
+        Event reads asked for while two are under way go as one statement, and each reader
+        gets its own event (in either form, whatever the id's case), or None.
+        """
+        statements = []
+        run = self.store.run
+
+        def counting(operation: Any, *args: Any) -> Any:
+            statements.append(operation)
+            return run(operation, *args)
+
+        self.store.run = counting
+        names = self.ALL_EVENTS + ["E1"]
+        reads = [self.store.get_event_wire(getattr(self, name).event_id.upper())
+                 for name in names]
+        reads.append(self.store.get_event_wire("3" * 32))
+        entity_reads = [self.store.get_event(getattr(self, name).event_id) for name in names]
+        wire = [encode_json(found) for found in await gatherResults(reads)]
+        self.assertEqual(wire, [encode_json(getattr(self, name).to_dict()) for name in names]
+                         + [b"null"])
+        self.assertEqual(await gatherResults(entity_reads),
+                         [getattr(self, name) for name in names])
+        self.assertEqual(len(statements), 6)
 
     async def test_camera_ids(self) -> None:
         self.assertEqual(await self.events(camera_ids=["cam-b"]), ["IE", "E4", "E3"])
