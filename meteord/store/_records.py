@@ -33,7 +33,7 @@ Choices where the specification is silent:
   carry ``imported_by`` and ``imported_at``.
 - ``get_event`` and ``get_event_wire`` asked for while two such reads are under way wait for
   one to end, then are read together, up to 32 ids a statement (`_batch.BatchedReads`): each
-  reader still sees what was committed before its read started.
+  reader sees at least everything committed before it asked.
 - ``clear_database`` empties every table of the schema except ``schema_version`` (whatever
   other migrations add), then removes every file from the file store.
 - ``bulk_insert`` is idempotent: statuses, files and events whose id is already stored are
