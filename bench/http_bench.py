@@ -590,7 +590,7 @@ def imports(options: argparse.Namespace, work: str) -> None:
                     [sys.executable, os.path.abspath(__file__), "import-client", node.base,
                      str(max(64, int(options.seconds * figures["events_per_s"]))),
                      str(options.connections), str(options.file_kb), "3"])
-            print(f"\npy-spy, import (the node):")
+            print("\npy-spy, import (the node):")
             print(summarise_profile(out))
     finally:
         node.stop()

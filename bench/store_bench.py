@@ -355,7 +355,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     try:
         print(f"\n{options.backend}, N = {options.events:,}, concurrency "
               f"{options.concurrency}, {options.seconds:g} s per read\n")
-        print(f"| read | queries/s | p50 ms | p99 ms | mean matches or items |")
+        print("| read | queries/s | p50 ms | p99 ms | mean matches or items |")
         print("|---|---:|---:|---:|---:|")
         for name, call in reads(store, options.events).items():
             if options.only and options.only not in name:
