@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from zope.interface.verify import verifyObject
 
-from meteord.errors import ConstraintViolation, SchemaTooNew
+from meteord.errors import ConstraintViolation, SchemaTooNew, StoreUnavailable
 from meteord.interfaces import IFileStore, IMeteorStore
 from meteord.store._sql import SQLITE, Query, migrate, migrations
 from meteord.store.sql import CLOSE_GRACE_SECONDS, SQLStore
@@ -76,6 +76,20 @@ class SQLFoundationTests:
         self.failureResultOf(left, CancelledError)
         await self.store.close()
         self.assertEqual(self.successResultOf(running), 3)
+
+    async def test_close_waits_for_reads_gathered_behind_those_under_way(self) -> None:
+        """
+        Event reads gathered behind the two under way when the store closes are answered
+        before it closes; anything run after fails as unavailable instead of waiting on a
+        closed database.
+        """
+        reads = [self.store.get_event_wire("%032x" % n) for n in range(4)]
+        await self.store.close()
+        self.assertEqual([self.successResultOf(read) for read in reads], [None] * 4)
+        with self.assertRaises(StoreUnavailable):
+            await self.store.run(_modulo)
+        with self.assertRaises(StoreUnavailable):
+            await self.store.get_event_wire("1" * 32)
 
 
 class CloseGraceTests(SynchronousTestCase):

@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
+from meteord.errors import StoreUnavailable
 from meteord.interfaces import IMeteorStore, INodeRegistryStore
 from meteord.model import ms_to_datetime
 from meteord.store._accounts import AccountOperations
@@ -48,13 +49,17 @@ class SQLStore(RecordOperations, AccountOperations):
         self._cpu_work = DeferredSemaphore(CPU_WORK_CONCURRENCY)
         self._running: set[Deferred[Any]] = set()
         self._closing: Deferred[None] | None = None
+        self._closed = False
 
     def run(self, operation: Callable[..., Operation[T]], *args: Any) -> Deferred[T]:
         """
         Run one transaction (a generator operation) on the database. Cancelling the result
         (an HTTP client went away) leaves the transaction to finish on its own: cancelling a
-        query half-way would leave the connection in an unknown state.
+        query half-way would leave the connection in an unknown state. Once the database is
+        closed, fails with StoreUnavailable.
         """
+        if self._closed:
+            return fail(StoreUnavailable("the store is closed"))
         running = self.database.run(operation, *args)
         self._running.add(running)
         running.addBoth(self._ran, running)
@@ -91,20 +96,24 @@ class SQLStore(RecordOperations, AccountOperations):
 
     def close(self) -> Deferred[None]:
         """
-        Close the database once the transactions under way have ended, or after
-        ``CLOSE_GRACE_SECONDS``: a request whose client went away leaves its transaction
-        running (see `run`), and closing under it would fail it half-way. Closing again waits
-        for the first close.
+        Close the database once the transactions under way (and those they lead to) have
+        ended, or after ``CLOSE_GRACE_SECONDS``; `run` then fails with StoreUnavailable. A
+        request whose client went away leaves its transaction running (see `run`), and
+        closing under it would fail it half-way. Closing again waits for the first close.
         """
         if self._closing is None:
             self._closing = Deferred.fromCoroutine(self._close())
         return shielded(self._closing)
 
     async def _close(self) -> None:
-        if self._running:
+        # Transactions that those under way start (reads gathered behind them) are waited
+        # for too, within the same grace.
+        deadline = self.clock.seconds() + CLOSE_GRACE_SECONDS
+        while self._running and self.clock.seconds() < deadline:
             waiting = DeferredList([shielded(running) for running in self._running],
                                    consumeErrors=True)
-            await waiting.addTimeout(CLOSE_GRACE_SECONDS, self.clock)
+            await waiting.addTimeout(deadline - self.clock.seconds(), self.clock)
+        self._closed = True
         self.database.close()
 
     async def _check(self) -> bool:
