@@ -654,6 +654,7 @@ class CorruptFileTests(ExporterTestMixin, TestCase):
         reason = self.store.tasks_of(config)[0].last_error
         self.assertIn(f"file {bad.files[0].file_id} on this node no longer matches its record",
                       reason)
+        self.assertIn(f"recorded sha256 {bad.files[0].sha256}", reason)
         self.assertNotIn(bad.files[0].file_id, importer.files)
         self.assertIn(good.event_id, importer.entities)
         self.assertEqual(service.counters[config.config_id].transport_failures, 0)
@@ -673,11 +674,26 @@ class CorruptFileTests(ExporterTestMixin, TestCase):
     def test_corrupt_empty_file(self) -> None:
         config = self.store.add_config(export_config())
         status = self.store.add_status()
-        record = attrs.evolve(self.store.add_file(b"", status), md5="0" * 32)
+        record = attrs.evolve(self.store.add_file(b"", status), sha256="0" * 64)
         event = self.store.add_event((record,), status)
         self.store.select(config, "event", event)
         self.run_once(SimulatedImporter())
         self.assertIn("no longer matches its record", self.store.tasks_of(config)[0].last_error)
+
+    def test_a_record_without_sha256_is_checked_by_its_md5(self) -> None:
+        config = self.store.add_config(export_config())
+        status = self.store.add_status()
+        bad = attrs.evolve(self.store.add_file(b"x" * 1000, status), sha256=None)
+        self.corrupt(bad, b"y" * 1000)
+        good = attrs.evolve(self.store.add_file(b"z" * 1000, status), sha256=None)
+        for record in (bad, good):
+            self.store.select(config, "event", self.store.add_event((record,), status))
+        importer = SimulatedImporter()
+        self.run_once(importer, concurrency=1)
+        self.assertEqual(self.state(config), ["failed", "done"])
+        self.assertIn(f"recorded md5 {bad.md5}", self.store.tasks_of(config)[0].last_error)
+        self.assertNotIn(bad.file_id, importer.files)
+        self.assertIn(good.file_id, importer.files)
 
 
 class TransportFailureTests(ExporterTestMixin, TestCase):
