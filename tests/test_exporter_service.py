@@ -611,7 +611,7 @@ class FileBodyTests(TestCase):
         d.callback(data)
 
     def test_the_last_chunk_waits_for_the_end_of_the_file(self) -> None:
-        data = b"x" * (UPLOAD_CHUNK_BYTES + 10)
+        data = b"x" * (2 * UPLOAD_CHUNK_BYTES)
         body, reads, f = self.body_of(data)
         consumer = StringTransport()
         finished = body.startProducing(consumer)
@@ -621,6 +621,18 @@ class FileBodyTests(TestCase):
         self.finish_read(reads)
         self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
         self.finish_read(reads)  # the end of the file: the digest matches
+        self.assertEqual(consumer.value(), data)
+        self.successResultOf(finished)
+        self.assertTrue(f.closed)
+
+    def test_a_short_read_is_the_end_of_the_file(self) -> None:
+        data = b"x" * (UPLOAD_CHUNK_BYTES + 10)
+        body, reads, f = self.body_of(data)
+        consumer = StringTransport()
+        finished = body.startProducing(consumer)
+        self.finish_read(reads)
+        self.finish_read(reads)  # 10 bytes: the file ends there, no read is needed to know
+        self.assertEqual(reads, [])
         self.assertEqual(consumer.value(), data)
         self.successResultOf(finished)
         self.assertTrue(f.closed)

@@ -609,7 +609,7 @@ class BackgroundUploadTests(TestCase):
     def test_a_cancelled_abort_finishes_and_cleans_up_on_its_own(self):
         store, run_all = self.store_run_when_told()
         upload = store.open_upload(producer=_Producer())
-        upload.write(b"abc")
+        upload.write(b"x" * files._UPLOAD_BATCH)  # a batch goes to be written
         upload.end()
         aborting = upload.abort()
         aborting.cancel()  # the client went away
@@ -617,6 +617,40 @@ class BackgroundUploadTests(TestCase):
         run_all()  # what the abort had started, and what it does after
         self.assertEqual(os.listdir(os.path.join(store.root.path, "tmp")), [])
         self.assertFalse(store.path_for(BACKGROUND_ID).exists())
+
+    def test_a_small_upload_takes_one_trip_to_the_threads(self):
+        store, run_all = self.store_run_when_told()
+        trips = []
+        run = store._run
+
+        def counting(f, *args):
+            trips.append(f)
+            return run(f, *args)
+
+        store._run = counting
+        upload = store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        upload.end()
+        committing = upload.commit(BACKGROUND_ID, hashlib.md5(b"abc").hexdigest())
+        run_all()
+        self.assertEqual(self.successResultOf(committing).size, 3)
+        self.assertEqual(len(trips), 1)
+        self.assertEqual(store.path_for(BACKGROUND_ID).getContent(), b"abc")
+
+    def test_an_upload_ended_but_not_committed_is_not_synced(self):
+        store, run_all = self.store_run_when_told()
+        synced = []
+        self.patch(os, "fsync", synced.append)
+        upload = store.open_upload(producer=_Producer())
+        upload.write(b"abc")
+        upload.end()
+        run_all()
+        self.assertEqual(synced, [])
+        aborting = upload.abort()
+        run_all()
+        self.successResultOf(aborting)
+        self.assertEqual(synced, [])
+        self.assertEqual(os.listdir(os.path.join(store.root.path, "tmp")), [])
 
     @inlineCallbacks
     def test_abort_mid_way_and_after_end(self):

@@ -333,6 +333,36 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
             self.assertEqual(f.read(), self.data[FILE_A])
         self.assertEqual(self.tmp_entries(), [])
 
+    async def test_an_upload_asks_the_store_nothing_before_its_commit(self) -> None:
+        asked = []
+        for owner, name in ((self.store, "has_file_id"), (self.store.file_store, "exists"),
+                            (self.store.file_store, "existing")):
+            self.patch(owner, name, lambda *args, name=name: asked.append(name))
+        self.assertEqual(await self.upload(FILE_A, self.data[FILE_A]),
+                         (200, {"state": "continue"}))
+        self.assertEqual(asked, [])
+        with open(self.store.file_path_for_id(FILE_A).path, "rb") as f:
+            self.assertEqual(f.read(), self.data[FILE_A])
+
+    async def test_a_stored_file_sent_again_without_a_known_md5_is_continue(self) -> None:
+        await self.upload(FILE_A, self.data[FILE_A])
+        self.assertEqual(await self.upload(FILE_A, b"other", with_md5=False),
+                         (200, {"state": "continue"}))
+        await self.send({"type": "event", "event": self.event.to_dict()})
+        self.assertEqual(await self.upload(FILE_A, b"other", md5=md5_of(b"other")),
+                         (200, {"state": "continue"}))
+        with open(self.store.file_path_for_id(FILE_A).path, "rb") as f:
+            self.assertEqual(f.read(), self.data[FILE_A])
+        self.assertEqual(self.tmp_entries(), [])
+
+    async def test_a_record_whose_bytes_went_missing_gets_them_again(self) -> None:
+        action, _ = await self.export("event", self.event)
+        self.assertIsInstance(action, Done)
+        await self.store.file_store.remove([FILE_A])
+        self.assertEqual(await self.upload(FILE_A, self.data[FILE_A]),
+                         (200, {"state": "continue"}))
+        await self.assert_event_stored()
+
     async def test_oversize_upload_is_413(self) -> None:
         data = b"x" * (self.max_upload_bytes + 1)
         for multipart in (False, True):

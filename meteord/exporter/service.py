@@ -205,12 +205,15 @@ class _FileBody:
                 if self._stopped:
                     return
                 end = self.sent + len(chunk)
-                last = not chunk or end >= self.length
-                # The next chunk is read while this one is sent; after the recorded length,
-                # the read must find the end of the file.
-                reading = self._read()
+                # A short read ends at the end of the file. Otherwise the next chunk is read
+                # while this one is sent; after the recorded length, it must find the end.
+                at_end = len(chunk) < UPLOAD_CHUNK_BYTES
+                last = at_end or end >= self.length
+                if not at_end:
+                    reading = self._read()
                 if last:
-                    end += len(await reading)
+                    if not at_end:
+                        end += len(await reading)
                     self._check(end)
                     if not chunk:
                         return

@@ -18,9 +18,10 @@ Choices where the specification is silent:
   reactor only queues chunks and several uploads hash at once; the producer is paused while
   more than `UPLOAD_BACKLOG` bytes wait, which bounds memory. The calls that wait on the disk
   (fsync, rename, directory fsync, unlink, reading a whole file) always run in the thread pool.
-- ``end`` (no more bytes will come) lets a background upload write its last chunks and fsync
-  the temporary file at once, overlapping the caller's own checks; ``commit`` then only
-  verifies and renames. A plain `Upload` syncs in ``commit``.
+- A background upload's ``commit`` writes its last chunks, verifies, fsyncs and renames in one
+  trip to the thread pool: a small file (one batch) costs that single trip in all. Each trip
+  costs the reactor a thread wake-up and a result delivery, which for files of a few hundred
+  KB is more than the work itself.
 - A new shard directory is made durable by fsyncing its parent after the rename into it rather
   than before, so on a journalling file system one commit usually covers the new directories
   and the rename; the file counts as stored only once every fsync has returned, as before.
@@ -45,7 +46,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -432,7 +433,6 @@ class FileStore:
         received: StoredFile,
         expected_md5: str | None,
         expected_sha256: str | None,
-        synced: bool = False,
     ) -> StoredFile:
         file_id = received.file_id
         try:
@@ -443,8 +443,7 @@ class FileStore:
                 return _hash_path(final_path, file_id)
             _check_digest(file_id, "md5", expected_md5, received.md5)
             _check_digest(file_id, "sha256", expected_sha256, received.sha256)
-            if not synced:
-                _sync(out)
+            _sync(out)
             # Kept open until renamed, so its lock keeps start() elsewhere from removing it.
             self._place(tmp_path, file_id)
             out.close()
@@ -658,7 +657,7 @@ class BackgroundUpload:
     L{UPLOAD_BACKLOG} bytes are queued or being written, C{producer} is paused; it is resumed
     once they are down to half of that, and whenever the upload ends.
 
-    L{end} writes what is still queued and fsyncs the file in one go, ahead of L{commit}. A
+    L{commit} writes what is still queued, checks, fsyncs and places the file in one go. A
     failure to create or write the temporary file is raised by the next L{write} (and by
     L{commit}); the bytes queued then are dropped.
     """
@@ -677,7 +676,6 @@ class BackgroundUpload:
         self._writing = False
         self._idle: list[Deferred[None]] = []
         self._error: BaseException | None = None
-        self._synced: Deferred[None] | None = None
         self._active = True
         # Touched only by the thread running the current batch, one batch at a time.
         self._tmp_path: str | None = None
@@ -716,8 +714,8 @@ class BackgroundUpload:
     def _next_batch(self) -> None:
         if self._writing:
             return
-        ending = self._synced is not None
-        if self._error is not None or ending or (not self._queue and self._out is not None):
+        if self._error is not None or not self._active or (
+                not self._queue and self._out is not None):
             self._wake_idle()
             return
         batch, self._queue, self._queued = self._queue, [], 0
@@ -765,34 +763,28 @@ class BackgroundUpload:
 
     def end(self) -> None:
         """
-        No more bytes will come: write what is queued and sync it to disk now, in one go,
-        ahead of L{commit}.
+        No more bytes will come: the connection is no longer paused (L{commit} writes the rest).
         """
-        if self._active and self._synced is None:
+        if self._active:
             self._resume()
-            self._synced = Deferred.fromCoroutine(self._sync())
 
-    async def _sync(self) -> None:
-        if self._writing:
-            idle: Deferred[None] = Deferred()
-            self._idle.append(idle)
-            await idle
-        if self._error is None:
-            batch, self._queue, self._queued = self._queue, [], 0
-            self._writing = True
-            try:
-                await self._store._run(self._write_and_sync, batch)
-            except Exception as e:
-                self._error = e
-                raise
-            finally:
-                self._writing = False
-                self._pending = 0
+    def _write_last(self, batch: list[bytes]) -> None:
+        """Write the last batch; on failure remove the temporary file, then raise."""
+        try:
+            self._write_batch(batch)
+        except BaseException:
+            if self._out is not None:
+                assert self._tmp_path is not None
+                self._store._discard(self._out, self._tmp_path)
+            raise
 
-    def _write_and_sync(self, batch: list[bytes]) -> None:
-        self._write_batch(batch)
-        assert self._out is not None
-        _sync(self._out)
+    def _finish(self, batch: list[bytes], file_id: str, expected_md5: str | None,
+                expected_sha256: str | None) -> StoredFile:
+        self._write_last(batch)
+        assert self._out is not None and self._tmp_path is not None
+        return self._store._finish_upload(self._out, self._tmp_path,
+                                          self._digests.stored_file(file_id), expected_md5,
+                                          expected_sha256)
 
     def abort(self) -> Deferred[None]:
         """
@@ -807,24 +799,17 @@ class BackgroundUpload:
         return shielded(Deferred.fromCoroutine(self._abort()))
 
     async def _abort(self) -> None:
-        if self._writing or self._synced is not None:
-            await self._settled()
+        await self._batch_done()
         if self._out is not None:
             assert self._tmp_path is not None
             await self._store._run(self._store._discard, self._out, self._tmp_path)
 
-    async def _settled(self) -> Optional[BaseException]:
-        """
-        Wait for the queued writes and any early sync; return the first failure of either.
-        """
-        if self._synced is not None:
-            try:
-                await self._synced
-            except Exception as e:
-                return e
-        else:
-            await self._written()
-        return self._error
+    async def _batch_done(self) -> None:
+        """Wait until no batch is being written."""
+        if self._writing:
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            await idle
 
     def commit(
         self,
@@ -847,19 +832,12 @@ class BackgroundUpload:
     async def _commit(
         self, file_id: str, expected_md5: str | None, expected_sha256: str | None
     ) -> StoredFile:
-        error = await self._settled()
-        if error is not None:
+        await self._batch_done()
+        if self._error is not None:
             if self._out is not None:
                 assert self._tmp_path is not None
                 await self._store._run(self._store._discard, self._out, self._tmp_path)
-            raise error
-        assert self._out is not None and self._tmp_path is not None
-        return await self._store._run(
-            self._store._finish_upload,
-            self._out,
-            self._tmp_path,
-            self._digests.stored_file(file_id),
-            expected_md5,
-            expected_sha256,
-            self._synced is not None,
-        )
+            raise self._error
+        batch, self._queue, self._queued = self._queue, [], 0
+        return await self._store._run(self._finish, batch, file_id, expected_md5,
+                                      expected_sha256)

@@ -15,7 +15,8 @@ Choices where the specification is silent:
 - For a streamed request the importer opens the file-store upload with the body's producer
   (``meteord.web._request.body_producer``), so the store hashes and writes in its thread pool
   and pauses the connection when it falls behind. The upload is told as soon as the body has
-  ended, so it can sync the bytes to disk while the handler decides what to do with them.
+  ended, so the connection is never left paused; the bytes are synced to disk only when the
+  handler commits them.
 - Only the first part named ``file`` is kept; other parts are read and ignored. A multipart
   body may exceed ``max_bytes`` by `MULTIPART_OVERHEAD` bytes of boundaries and part headers.
 - Any other content type is answered 415; a missing or malformed boundary, a malformed

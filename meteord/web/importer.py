@@ -23,12 +23,18 @@ Choices where the specification is silent:
   without an md5 (some versions of the original exporter) is accepted when the record is held,
   and answered 422 otherwise. Bytes already in the file store under that id are not checked
   again when an entity links them.
+- An upload is committed straight away: the file store keeps the bytes it already has under
+  that id and discards the new ones (``continue``), so the usual upload costs one trip to the
+  file store's threads. Whether the file is stored already (a record or bytes) is asked only
+  before refusing an upload whose md5 is unknown or differs from the held record's, since an
+  upload of a file already stored is answered ``continue`` whatever its bytes. A record whose
+  bytes went missing from the file store gets them back this way.
 - The store is asked everything a message needs at once (whether the entity, each file record,
   each status it could want and each file's bytes are there), not one question after another:
   a few more questions, but one wait instead of up to seven. The answer is the same.
-- Whether an uploaded file is stored already is asked only once the body is in (both
-  questions at once), never while it arrives: the node's orderly stop waits for requests being
-  answered, not for bodies still arriving, so no store call may start before then.
+- The store is asked about an upload only once its body is in, never while it arrives: the
+  node's orderly stop waits for requests being answered, not for bodies still arriving, so no
+  store call may start before then.
 """
 
 from __future__ import annotations
@@ -317,13 +323,16 @@ class ImportAPI:
                             md5: Optional[str]) -> tuple[int, Reply]:
         if body.refusal is not None:
             raise APIError(body.refusal.status, body.refusal.message)
-        if await self._file_stored(file_id):
-            return 200, Reply.continue_()
         record = self.cache.file_record(file_id)
+        refusal = None
         if md5 is None and record is None:
-            return 422, Reply.failed("checksum unknown: send the file's md5 in the URL")
-        if md5 is not None and record is not None and record.md5 != md5:
-            return 422, Reply.failed("checksum mismatch")
+            refusal = "checksum unknown: send the file's md5 in the URL"
+        elif md5 is not None and record is not None and record.md5 != md5:
+            refusal = "checksum mismatch"
+        if refusal is not None:
+            if await self._file_stored(file_id):
+                return 200, Reply.continue_()
+            return 422, Reply.failed(refusal)
         expected_md5 = md5 if md5 is not None else record.md5  # type: ignore[union-attr]
         try:
             await body.commit(file_id, expected_md5, record.sha256 if record else None)
