@@ -63,7 +63,6 @@ class _TrackedRequest(StreamingRequest):
         log.warn("{method} {path} timed out", method=self.method.decode("ascii", "replace"),
                  path=self.path.decode("utf-8", "replace"))
         body = write_json_error(self, 503, "Request timed out")
-        self.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()
         self.timed_out = True

@@ -6,6 +6,8 @@ candidate), and misses are JSON 404/405 with the union of allowed methods.
 
 from __future__ import annotations
 
+import json
+
 from klein import Klein
 from twisted.web.iweb import IRequest
 
@@ -75,6 +77,13 @@ class APIRootDispatchTests(WebTestCase):
         self.assertEqual((response.code, body), (200, {"api": "anywhere", "name": "both"}))
         response, body = await self.call("GET", "/unknown/info")
         self.assertEqual((response.code, body), (200, {"api": "anywhere", "name": "unknown"}))
+
+    async def test_json_answers_carry_their_length_and_are_not_chunked(self) -> None:
+        for method, path in (("GET", "/things/t1"), ("GET", "/nothing")):
+            response, body = await self.call(method, path)
+            self.assertEqual(self.header(response, "Content-Length"),
+                             str(len(json.dumps(body, separators=(",", ":")))))
+            self.assertIsNone(self.header(response, "Transfer-Encoding"))
 
     async def test_unknown_paths_are_json_404(self) -> None:
         for path in ("/things", "/things/t1/extra", "/nothing", "/"):

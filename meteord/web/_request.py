@@ -159,7 +159,6 @@ class StreamingRequest(Request):
         self.site = self.channel.site
         body = write_json_error(
             self, 413, f"Request body too large (at most {self.body_limit} bytes)")
-        self.setHeader(b"Content-Length", b"%d" % len(body))
         self.write(body)
         self.finish()
 

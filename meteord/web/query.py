@@ -189,7 +189,6 @@ class _StoredFile(static.File):
         fileForReading.close()
         body = write_json_error(request, 416, "Range not satisfiable",
                                 file_size=self.getFileSize())
-        request.setHeader(b"Content-Length", b"%d" % len(body))
         return _BodyProducer(request, body)
 
 

@@ -15,10 +15,16 @@ JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 
 
 def write_json(request: IRequest, status: int, body: Any) -> bytes:
-    """Set the status and content type and return the encoded body."""
+    """
+    Set the status, content type and length and return the encoded body. With its length
+    known, the response goes out in one piece rather than chunked, which saves the client
+    the chunk decoding and the connection the chunk framing.
+    """
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-    return encode_json(body)
+    encoded = encode_json(body)
+    request.setHeader(b"Content-Length", b"%d" % len(encoded))
+    return encoded
 
 
 def write_json_error(request: IRequest, status: int, message: str, **extra: Any) -> bytes:
