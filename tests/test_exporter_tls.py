@@ -23,14 +23,16 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+from twisted.web.error import SchemeNotSupported
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from meteord.exporter import tls
-from meteord.exporter.service import ExporterService
+from meteord.exporter.service import ExportCounters, ExporterService, _Endpoints
 from meteord.exporter.tls import (
     CAFileUnreadable, PinningPolicyForHTTPS, certificate_fingerprint, https_policy,
     load_trust_root)
@@ -174,6 +176,25 @@ class CAFileTests(SynchronousTestCase):
         self.assertRaises(ValueError, PinningPolicyForHTTPS, [])
 
 
+class EndpointTests(SynchronousTestCase):
+    """The exporter's agent keeps one endpoint per importer instead of one per request."""
+
+    def test_one_endpoint_per_scheme_host_and_port(self) -> None:
+        endpoints = _Endpoints(MemoryReactorClock(), https_policy(None, [OTHER_PIN]))
+        first = endpoints.endpointForURI(URI.fromBytes(b"https://hub.example:8443/api/import"))
+        again = endpoints.endpointForURI(
+            URI.fromBytes(b"https://hub.example:8443/api/import/data/ab/cd"))
+        self.assertIs(first, again)
+        for other in (b"http://hub.example:8443/", b"https://hub.example:9443/",
+                      b"https://other.example:8443/"):
+            self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(other)), first)
+
+    def test_other_schemes_are_refused(self) -> None:
+        endpoints = _Endpoints(MemoryReactorClock(), https_policy())
+        self.assertRaises(SchemeNotSupported, endpoints.endpointForURI,
+                          URI.fromBytes(b"ftp://hub.example/api/import"))
+
+
 class ExportOverTLSTests(TestCase):
     """Whole exports to a TLS importer on a loopback port, on the real reactor."""
 
@@ -291,6 +312,26 @@ class ExportOverTLSTests(TestCase):
         url = await self.serve(identity)
         config, _ = await self.export(url, pinned_certificates=[OTHER_PIN, identity.fingerprint])
         self.assertCompleted(config)
+
+    async def test_every_connection_through_a_kept_endpoint_is_verified(self) -> None:
+        identity = ServerIdentity.self_signed("hub.example")
+        url = await self.serve(identity)
+        # Four entities at once need several connections, each made through the one endpoint.
+        for pins, state, failures in (([identity.fingerprint], "done", 0),
+                                      ([OTHER_PIN], "pending", 2)):
+            config = self.store.add_config(export_config(target_url=url,
+                                                         pinned_certificates=pins))
+            for _ in range(4):
+                self.store.select(config, "event", self.store.add_event())
+            service = ExporterService(self.store, reactor, concurrency=4)
+            service.startService()
+            counters = service.counters.setdefault(config.config_id, ExportCounters())
+            await wait_until(lambda: all(t.state == state for t in self.store.tasks_of(config))
+                             and counters.transport_failures >= failures
+                             and counters.attempts >= 2)
+            await service.stopService()
+            self.assertEqual(counters.transport_failures > 0, failures > 0)
+        self.assertEqual(len(self.importer.messages), 4)
 
     async def test_wrong_pin_fails_in_transport_naming_the_pins(self) -> None:
         identity = ServerIdentity.self_signed("hub.example")

@@ -64,6 +64,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError, Deferred, DeferredList, DeferredLock, succeed)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -71,9 +72,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, HTTPConnectionPool, PotentialDataLoss, RequestGenerationFailed, RequestNotSent,
+    URI, Agent, HTTPConnectionPool, PotentialDataLoss, RequestGenerationFailed, RequestNotSent,
     RequestTransmissionFailed, ResponseDone, ResponseNeverReceived)
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, request_timeout
@@ -353,6 +355,37 @@ class _Deadline:
             self._call.cancel()
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The endpoint of each importer, made once and kept: `Agent` otherwise makes one for every
+    request, IDNA-encoding the host name each time, which cost an exporting camera node about
+    a twentieth of its CPU time. HTTPS endpoints verify TLS as `policy` says.
+    """
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: URI) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+            try:
+                host = uri.host.decode("ascii")
+            except UnicodeDecodeError:
+                raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port),
+                                         endpoint)
+            self._endpoints[key] = endpoint
+        return endpoint
+
+
 def build_http_client(reactor: Any, max_persistent_per_host: int,
                       policy: IPolicyForHTTPS) -> tuple[Any, HTTPConnectionPool]:
     """
@@ -363,7 +396,8 @@ def build_http_client(reactor: Any, max_persistent_per_host: int,
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_persistent_per_host
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
+    agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, policy), pool=pool)
+    return HTTPClient(agent), pool
 
 
 def _is_stale_connection(error: Exception) -> bool:
