@@ -693,6 +693,22 @@ class BackgroundUploadTests(TestCase):
         yield self.assertFailure(upload.commit(BACKGROUND_ID), OSError)
 
     @inlineCallbacks
+    def test_a_failing_last_write_leaves_nothing(self):
+        upload = self.store.open_upload(producer=_Producer())
+        upload.write(b"x" * files._UPLOAD_BATCH)  # the temporary file is made
+        yield upload._written()
+        upload.write(b"abc")
+
+        def disk_full(chunk):
+            raise OSError(errno.ENOSPC, "full")
+
+        upload._out.write = disk_full
+        upload.end()
+        yield self.assertFailure(upload.commit(BACKGROUND_ID), OSError)
+        self.assertEqual(self.temporary_files(), [])
+        self.assertFalse(self.store.path_for(BACKGROUND_ID).exists())
+
+    @inlineCallbacks
     def test_sync_error_leaves_nothing(self):
         def failing_fsync(descriptor):
             raise OSError(errno.EIO, "io")
