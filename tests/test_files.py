@@ -405,6 +405,7 @@ class FileStoreTests(TestCase):
         try:
             while True:
                 chunk = yield self.store.read(f, 1000, digest)
+                self.assertIs(type(chunk), bytes)  # what a transport takes
                 if not chunk:
                     break
                 chunks.append(chunk)
