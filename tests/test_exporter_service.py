@@ -592,20 +592,24 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
 class FileBodyTests(TestCase):
     """The upload body: reads in the file store's threads, a chunk ahead of what it sends."""
 
-    def body_of(self, data: bytes) -> tuple[Any, list[tuple[Deferred, bytes, Any]], Any]:
+    def body_of(self, data: bytes, recorded: Optional[bytes] = None
+                ) -> tuple[Any, list[tuple[Deferred, bytes, Any]], Any]:
         reads: list[tuple[Deferred, bytes, Any]] = []
+        self.asked: list[int] = []
 
         class ThreadedStore:
-            def read(self, f: Any, size: int, digest: Any = None) -> Deferred:
+            def read(store, f: Any, size: int, digest: Any = None) -> Deferred:
                 d: Deferred = Deferred()
+                self.asked.append(size)
                 reads.append((d, f.read(size), digest))
                 return d
 
         f = io.BytesIO(data)
+        recorded = data if recorded is None else recorded
         record = FileRecord(
             file_id=new_id(), camera_id=CAMERA, mime_type="video/mp4",
-            semantic_type="meteorpi:video", file_time=NOON, file_size=len(data),
-            status_id=new_id(), md5=hashlib.md5(data).hexdigest())
+            semantic_type="meteorpi:video", file_time=NOON, file_size=len(recorded),
+            status_id=new_id(), md5=hashlib.md5(recorded).hexdigest())
         return _FileBody(f, ThreadedStore(), record, Clock(), None, lambda _: None), reads, f
 
     def finish_read(self, reads: list[tuple[Deferred, bytes, Any]]) -> None:
@@ -639,6 +643,27 @@ class FileBodyTests(TestCase):
         self.assertEqual(consumer.value(), data)
         self.successResultOf(finished)
         self.assertTrue(f.closed)
+
+    def test_a_small_file_is_read_with_a_buffer_of_its_size(self) -> None:
+        data = b"x" * 1000
+        body, reads, f = self.body_of(data)
+        consumer = StringTransport()
+        finished = body.startProducing(consumer)
+        self.finish_read(reads)
+        self.successResultOf(finished)
+        self.assertEqual(consumer.value(), data)
+        self.assertEqual(self.asked, [1001])
+
+    def test_bytes_beyond_the_recorded_length_are_found(self) -> None:
+        recorded = b"x" * (UPLOAD_CHUNK_BYTES + 10)
+        body, reads, f = self.body_of(recorded + b"y", recorded=recorded)
+        consumer = StringTransport()
+        finished = body.startProducing(consumer)
+        while reads:
+            self.finish_read(reads)
+        self.assertEqual(self.asked, [UPLOAD_CHUNK_BYTES, 11, 1])
+        self.assertIn("no longer matches its record", str(self.failureResultOf(finished).value))
+        self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
 
     def test_a_close_during_a_read_closes_the_file_after_it(self) -> None:
         body, reads, f = self.body_of(b"x" * 10)

@@ -200,22 +200,21 @@ class _FileBody:
 
     async def _produce(self, consumer: Any) -> None:
         self._producing = True
-        reading = self._read()
+        reading = self._read(0)
         try:
             while True:
-                chunk = await reading
+                chunk, at_end = await reading
                 if self._stopped:
                     return
                 end = self.sent + len(chunk)
                 # A short read ends at the end of the file. Otherwise the next chunk is read
                 # while this one is sent; after the recorded length, it must find the end.
-                at_end = len(chunk) < UPLOAD_CHUNK_BYTES
                 last = at_end or end >= self.length
                 if not at_end:
-                    reading = self._read()
+                    reading = self._read(end)
                 if last:
                     if not at_end:
-                        end += len(await reading)
+                        end += len((await reading)[0])
                     self._check(end)
                     if not chunk:
                         return
@@ -232,9 +231,15 @@ class _FileBody:
             # Closed once no read is under way in a thread.
             reading.addBoth(lambda _: self._file.close())
 
-    def _read(self) -> Deferred[bytes]:
-        """The next chunk, added to the digest (it has seen every byte read so far)."""
-        return self._file_store.read(self._file, UPLOAD_CHUNK_BYTES, self._digest)
+    def _read(self, position: int) -> Deferred[tuple[bytes, bool]]:
+        """
+        The chunk at `position` (where the previous one ended), added to the digest, and
+        whether it was short, which ends the file. No more than one byte beyond the recorded
+        length is asked for, so a small file's buffer is no larger than the file.
+        """
+        size = min(UPLOAD_CHUNK_BYTES, max(self.length - position, 0) + 1)
+        return self._file_store.read(self._file, size, self._digest).addCallback(
+            lambda chunk: (chunk, len(chunk) < size))
 
     def _check(self, size: int) -> None:
         record = self._record
