@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from datetime import datetime, timezone
+from typing import Any
 
 import attrs
 from argon2 import PasswordHasher
@@ -424,6 +425,22 @@ class ExportTaskTests:
                          [("event", self.config.config_id, 1)] * 2)
         self.assertEqual(tasks[0].entity, await self.store.get_event(oldest))
         self.assertEqual([t.entity_id for t in await self.claim()], [newest])
+
+    async def test_a_claim_reads_its_entities_in_its_own_trip_to_the_database(self) -> None:
+        event_ids = await self.add_events(1, 2, 3)
+        await self.store.mark_entities_to_export(self.config)
+        trips = []
+        run = self.store.run
+
+        def counting(operation: Any, *args: Any) -> Any:
+            trips.append(operation)
+            return run(operation, *args)
+
+        self.patch(self.store, "run", counting)
+        tasks = await self.claim()
+        self.assertEqual(len(trips), 1)
+        self.assertEqual([t.entity for t in tasks],
+                         [await self.store.get_event(event_id) for event_id in event_ids])
 
     async def test_lease_hides_claimed_tasks_until_it_expires(self) -> None:
         (event_id,) = await self.add_events(1)

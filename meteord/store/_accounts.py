@@ -61,6 +61,7 @@ from meteord.model import (
     roles_from_mask,
 )
 from meteord.store import _passwords
+from meteord.store._records import entities_by_id
 from meteord.store._search import EVENTS, FILES, conditions
 from meteord.store._sql import Dialect, Operation, Query
 
@@ -207,21 +208,11 @@ class AccountOperations:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive integer")
         now = self.now_ms()
-        claimed = await self.run(_claim, self.dialect, config_id, limit, now,
+        claimed = await self.run(_claim_with_entities, self.dialect, config_id, limit, now,
                                  now + int(lease_seconds * 1000))
-        tasks = []
-        for task_id, kind, entity_id, attempts in claimed:
-            entity: Optional[Event | FileRecord]
-            if kind == "event":
-                entity = await self.get_event(entity_id)  # type: ignore[attr-defined]
-            else:
-                entity = await self.get_file(entity_id)  # type: ignore[attr-defined]
-            if entity is None:
-                await self.run(_delete_tasks, [task_id])
-                continue
-            tasks.append(ExportTask(task_id=task_id, config_id=config_id, kind=kind,
-                                    entity=entity, attempts=attempts))
-        return tasks
+        return [ExportTask(task_id=task_id, config_id=config_id, kind=kind, entity=entity,
+                           attempts=attempts)
+                for task_id, kind, entity, attempts in claimed]
 
     def complete_export_task(self, task_id: int, bytes_sent: int = 0) -> Deferred[None]:
         """Mark a task done, add its bytes to the configuration's total, note the success."""
@@ -580,6 +571,22 @@ def _claim(dialect: Dialect, config_id: str, limit: int, now: int,
         yield from _delete_tasks(vanished)
     return [(task_id, kind, public_ids[kind, pk], attempts + 1)
             for task_id, kind, pk, attempts in rows if (kind, pk) in public_ids]
+
+
+def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int, lease_until: int
+                         ) -> Operation[list[tuple[int, str, Event | FileRecord, int]]]:
+    """
+    `_claim`, giving each task's entity read in the same transaction (so a claim of many tasks
+    is one trip to the database, not one per task).
+    """
+    claimed = yield from _claim(dialect, config_id, limit, now, lease_until)
+    entities = yield from entities_by_id([(kind, entity_id) for _, kind, entity_id, _ in claimed])
+    vanished = [task_id for task_id, kind, entity_id, _ in claimed
+                if (kind, entity_id) not in entities]
+    if vanished:
+        yield from _delete_tasks(vanished)
+    return [(task_id, kind, entities[kind, entity_id], attempts)
+            for task_id, kind, entity_id, attempts in claimed if (kind, entity_id) in entities]
 
 
 def _delete_tasks(task_ids: list[int]) -> Operation[None]:

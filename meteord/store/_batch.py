@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 K = TypeVar("K", bound=Hashable)
+KEYS_A_RUN = 32
 V = TypeVar("V")
 
 
@@ -29,7 +30,7 @@ class BatchedReads(Generic[K, V]):
     """
 
     read_many: Callable[[list[K]], Deferred[Mapping[K, V]]]
-    limit: int = 32
+    limit: int = KEYS_A_RUN
     runs: int = 2
     _waiting: dict[K, list[Deferred[Optional[V]]]] = attrs.field(factory=dict, init=False)
     _running: int = attrs.field(default=0, init=False)

@@ -73,7 +73,7 @@ from meteord.model import (
     parse_id,
 )
 from meteord.store import _search
-from meteord.store._batch import BatchedReads
+from meteord.store._batch import KEYS_A_RUN, BatchedReads
 from meteord.store._sql import Operation, Query, Result, read_only
 
 P = ParamSpec("P")
@@ -550,6 +550,24 @@ def _get_file(file_id: str) -> Operation[Optional[FileRecord]]:
     rows = yield Query(f"SELECT {_FILE_SELECT} FROM files f WHERE f.file_id = ?", (file_id,))
     records = yield from _files_from_rows(rows)
     return records[0] if records else None
+
+
+def entities_by_id(keys: Sequence[tuple[str, str]]) -> Operation[dict[tuple[str, str], Any]]:
+    """
+    The stored events and file records of ``(kind, public id)`` keys (kind ``event`` or
+    ``file``), by key; events are read 32 to a statement, as the batched reads do.
+    """
+    found: dict[tuple[str, str], Any] = {}
+    event_ids = list(dict.fromkeys(entity_id for kind, entity_id in keys if kind == "event"))
+    for start in range(0, len(event_ids), KEYS_A_RUN):
+        events = yield from _get_events(event_ids[start:start + KEYS_A_RUN], _ENTITIES)
+        found.update((("event", event_id), event) for event_id, event in events.items())
+    for kind, file_id in keys:
+        if kind == "file":
+            record = yield from _get_file(file_id)
+            if record is not None:
+                found["file", file_id] = record
+    return found
 
 
 _BY_EVENT_IDS = "FROM events e {joins}WHERE e.event_id IN ({ids})"
