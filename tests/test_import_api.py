@@ -179,8 +179,7 @@ class ImporterFixture:
         stored = await self.store.get_event(EVENT_ID)
         self.assertEqual([f.file_id for f in stored.files], [FILE_A, FILE_B])
         for file_id, data in self.data.items():
-            with open(self.store.file_path_for_id(file_id).path, "rb") as f:
-                self.assertEqual(f.read(), data)
+            self.assertEqual(self.store.file_path_for_id(file_id).getContent(), data)
         self.assertIsNotNone(await self.store.get_camera_status_by_id(STATUS_ID))
 
     def tmp_entries(self) -> list[str]:
@@ -305,8 +304,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], multipart=True),
                          (200, {"state": "continue"}))
         for file_id, data in self.data.items():
-            with open(self.store.file_path_for_id(file_id).path, "rb") as f:
-                self.assertEqual(f.read(), data)
+            self.assertEqual(self.store.file_path_for_id(file_id).getContent(), data)
 
     async def test_a_disk_failing_at_commit_is_503_and_leaves_nothing(self) -> None:
         file_store = self.store.file_store
@@ -329,8 +327,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         await self.upload(FILE_A, self.data[FILE_A])
         self.assertEqual(await self.upload(FILE_A, b"different", md5=md5_of(b"different")),
                          (200, {"state": "continue"}))
-        with open(self.store.file_path_for_id(FILE_A).path, "rb") as f:
-            self.assertEqual(f.read(), self.data[FILE_A])
+        self.assertEqual(self.store.file_path_for_id(FILE_A).getContent(), self.data[FILE_A])
         self.assertEqual(self.tmp_entries(), [])
 
     async def test_an_upload_asks_the_store_nothing_before_its_commit(self) -> None:
@@ -341,8 +338,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual(await self.upload(FILE_A, self.data[FILE_A]),
                          (200, {"state": "continue"}))
         self.assertEqual(asked, [])
-        with open(self.store.file_path_for_id(FILE_A).path, "rb") as f:
-            self.assertEqual(f.read(), self.data[FILE_A])
+        self.assertEqual(self.store.file_path_for_id(FILE_A).getContent(), self.data[FILE_A])
 
     async def test_a_stored_file_sent_again_without_a_known_md5_is_continue(self) -> None:
         await self.upload(FILE_A, self.data[FILE_A])
@@ -351,8 +347,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         await self.send({"type": "event", "event": self.event.to_dict()})
         self.assertEqual(await self.upload(FILE_A, b"other", md5=md5_of(b"other")),
                          (200, {"state": "continue"}))
-        with open(self.store.file_path_for_id(FILE_A).path, "rb") as f:
-            self.assertEqual(f.read(), self.data[FILE_A])
+        self.assertEqual(self.store.file_path_for_id(FILE_A).getContent(), self.data[FILE_A])
         self.assertEqual(self.tmp_entries(), [])
 
     async def test_a_record_whose_bytes_went_missing_gets_them_again(self) -> None:
