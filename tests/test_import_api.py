@@ -26,6 +26,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -182,6 +183,19 @@ class ImporterFixture:
             self.assertEqual(self.store.file_path_for_id(file_id).getContent(), data)
         self.assertIsNotNone(await self.store.get_camera_status_by_id(STATUS_ID))
 
+    def questions(self) -> list[str]:
+        """Record each question put to the store about what it holds, still answered."""
+        asked: list[str] = []
+        for owner, name in ((self.store, "stored_ids"), (self.store, "has_event_id"),
+                            (self.store, "has_file_id"), (self.store.file_store, "existing"),
+                            (self.store.file_store, "exists")):
+            def recording(*args: Any, name: str = name, original: Any = getattr(owner, name)
+                          ) -> Any:
+                asked.append(name)
+                return original(*args)
+            self.patch(owner, name, recording)
+        return asked
+
     def tmp_entries(self) -> list[str]:
         return os.listdir(os.path.join(self.store.file_store.root.path, "tmp"))
 
@@ -256,6 +270,50 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
                                            with_md5=False),
                          (200, {"state": "continue"}))
         self.assertEqual(await self.send(cached), (200, {"state": "complete"}))
+        await self.assert_event_stored()
+
+    async def test_a_cached_entity_whose_uploads_all_arrived_asks_the_store_nothing(self) -> None:
+        await self.send({"type": "status", "status": STATUS.to_dict()})
+        code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
+        self.assertEqual(reply["file_ids"], [FILE_A, FILE_B])
+        for file_id, data in self.data.items():
+            self.assertEqual(await self.upload(file_id, data), (200, {"state": "continue"}))
+        asked = self.questions()
+        self.assertEqual(
+            await self.send({"type": "cached_entity", "cached_entity_id": EVENT_ID}),
+            (200, {"state": "complete"}))
+        self.assertEqual(asked, [])
+        await self.assert_event_stored()
+
+    async def test_a_cached_entity_still_missing_bytes_here_asks_the_store_again(self) -> None:
+        # B's bytes reach the file store another way (another process took the upload).
+        await self.send({"type": "status", "status": STATUS.to_dict()})
+        await self.send({"type": "event", "event": self.event.to_dict()})
+        await self.upload(FILE_A, self.data[FILE_A])
+        source = FilePath(self.mktemp())
+        source.setContent(self.data[FILE_B])
+        await self.store.file_store.add_from_path(source, FILE_B)
+        asked = self.questions()
+        self.assertEqual(
+            await self.send({"type": "cached_entity", "cached_entity_id": EVENT_ID}),
+            (200, {"state": "complete"}))
+        self.assertEqual(asked, ["stored_ids", "existing"])
+        await self.assert_event_stored()
+
+    async def test_a_cached_entity_stored_meanwhile_by_another_process_is_complete(self) -> None:
+        first = self.api
+        await self.send({"type": "status", "status": STATUS.to_dict()})
+        await self.send({"type": "event", "event": self.event.to_dict()})
+        for file_id, data in self.data.items():
+            await self.upload(file_id, data)
+        self.serve(self.new_api())
+        self.assertEqual(await self.export("event", self.event), (Done(), 1))
+        self.serve(first)
+        self.assertEqual(
+            await self.send({"type": "cached_entity", "cached_entity_id": EVENT_ID}),
+            (200, {"state": "complete"}))
+        self.assertEqual((await self.store.search_events(EventSearch()))["count"], 1)
+        self.assertEqual((await self.store.search_files(FileRecordSearch()))["count"], 2)
         await self.assert_event_stored()
 
     async def test_cached_entity_after_restart_gets_continue_nocache(self) -> None:

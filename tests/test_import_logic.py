@@ -19,6 +19,7 @@ from meteord.web._import_logic import (
     Reply,
     StatusMessage,
     decide,
+    entity_id,
     file_ids_of,
     parse_message,
     pending_file_ids,
@@ -196,6 +197,47 @@ class EntityCacheTests(SynchronousTestCase):
 
     def test_size_must_be_positive(self) -> None:
         self.assertRaises(ValueError, EntityCache, 0)
+
+    def test_holdings_are_kept_with_their_entity(self) -> None:
+        cache = EntityCache()
+        held = Holdings(stored=False, statuses=frozenset([STATUS_1]))
+        cache.note_holdings(EVENT_ID, held)
+        self.assertIsNone(cache.holdings(EVENT_ID))
+        cache.put(EVENT)
+        cache.note_holdings(EVENT_ID, held)
+        self.assertEqual(cache.holdings(EVENT_ID), held)
+
+    def test_bytes_stored_reach_the_holdings_of_every_entity_with_that_file(self) -> None:
+        cache = EntityCache()
+        cache.put(EVENT)
+        cache.put(FILE)
+        other = FileRecord.from_dict(file_dict("c" * 32))
+        cache.put(other)
+        for key in (EVENT_ID, FILE_A, other.file_id):
+            cache.note_holdings(key, Holdings(stored=False))
+        cache.bytes_stored(FILE_A)
+        cache.bytes_stored("f" * 32)
+        self.assertEqual(cache.holdings(EVENT_ID),
+                         Holdings(stored=False, file_bytes=frozenset([FILE_A])))
+        self.assertEqual(cache.holdings(FILE_A),
+                         Holdings(stored=False, file_bytes=frozenset([FILE_A])))
+        self.assertEqual(cache.holdings(other.file_id), Holdings(stored=False))
+
+    def test_holdings_go_when_the_entity_is_sent_again_discarded_or_evicted(self) -> None:
+        first, second = self.records(2)
+        cache = EntityCache(2)
+        for entity in (EVENT, first):
+            cache.put(entity)
+            cache.note_holdings(entity_id(entity), Holdings(stored=False))
+        cache.put(EVENT)
+        self.assertIsNone(cache.holdings(EVENT_ID))
+        cache.note_holdings(EVENT_ID, Holdings(stored=False))
+        cache.discard(EVENT_ID)
+        self.assertIsNone(cache.holdings(EVENT_ID))
+        cache.put(second)
+        cache.put(EVENT)
+        self.assertIsNone(cache.get(first.file_id))
+        self.assertIsNone(cache.holdings(first.file_id))
 
 
 class NeedsTests(SynchronousTestCase):

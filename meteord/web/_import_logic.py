@@ -189,7 +189,8 @@ def parse_message(message: object) -> Message:
 class EntityCache:
     """
     The entities received in full, most recently used last, at most ``size`` of them, so that
-    ``cached_entity`` can be resolved and uploads checked against their file records.
+    ``cached_entity`` can be resolved and uploads checked against their file records; with
+    each, what the store was last found to hold for it, plus the bytes stored since.
     """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -197,6 +198,7 @@ class EntityCache:
             raise ValueError("the entity cache holds at least one entity")
         self.size = size
         self._entities: OrderedDict[str, Entity] = OrderedDict()
+        self._holdings: dict[str, Holdings] = {}
 
     def __len__(self) -> int:
         return len(self._entities)
@@ -206,8 +208,26 @@ class EntityCache:
         key = entity_id(entity)
         self._entities[key] = entity
         self._entities.move_to_end(key)
+        self._holdings.pop(key, None)
         while len(self._entities) > self.size:
-            self._entities.popitem(last=False)
+            evicted, _ = self._entities.popitem(last=False)
+            self._holdings.pop(evicted, None)
+
+    def note_holdings(self, key: str, holdings: Holdings) -> None:
+        """Remember what the store holds for a held entity, as just asked."""
+        if key in self._entities:
+            self._holdings[key] = holdings
+
+    def holdings(self, key: str) -> Optional[Holdings]:
+        """What the store held for that entity when last asked, with the bytes stored since."""
+        return self._holdings.get(key)
+
+    def bytes_stored(self, file_id: str) -> None:
+        """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""
+        for key, holdings in self._holdings.items():
+            if file_id not in holdings.file_bytes and file_id in file_ids_of(self._entities[key]):
+                self._holdings[key] = attrs.evolve(
+                    holdings, file_bytes=holdings.file_bytes | {file_id})
 
     def get(self, key: str) -> Optional[Entity]:
         """The entity with that id, marked as just used; None when not held."""
@@ -219,6 +239,7 @@ class EntityCache:
     def discard(self, key: str) -> None:
         """Forget an entity (once it is stored)."""
         self._entities.pop(key, None)
+        self._holdings.pop(key, None)
 
     def file_record(self, file_id: str) -> Optional[FileRecord]:
         """The record of a file as the most recently received entity holding it gives it."""
