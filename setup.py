@@ -35,6 +35,8 @@ setup(
         "service-identity >= 24.1, < 27",
         "klein >= 24.8, < 26",
         "treq >= 24.9, < 27",
+        # Named as well because the exporter hands treq its URLs already parsed.
+        "hyperlink >= 21.0, < 22",
         "txpostgres >= 1.7, < 2",
         "psycopg2-binary >= 2.9.9, < 3",
         "zope.interface >= 6.0, < 9",

@@ -90,6 +90,14 @@ class IFileStore(Interface):
         @return: a Deferred firing with a binary file object, or failing with C{FileNotStored}.
         """
 
+    def open_and_read(file_id, size, digest=None):
+        """
+        C{open} and the first C{read} of C{size} bytes, in one trip off the reactor thread.
+
+        @return: a Deferred firing with (the open file, its size on disk, those bytes), or
+            failing with C{FileNotStored}.
+        """
+
     def rehash(file_id):
         """
         Read a stored file again and hash it (for fsck).

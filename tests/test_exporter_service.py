@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional, Union
 
 import attrs
+from hyperlink import EncodedURL
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import (
     RequestGenerationFailed, ResponseDone, ResponseNeverReceived)
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
@@ -30,7 +31,9 @@ from meteord.exporter.policy import FailurePolicy
 from meteord.exporter.service import (
     UPLOAD_CHUNK_BYTES,
     ExporterService,
+    _URI,
     _FileBody,
+    _target,
     build_http_client,
 )
 from meteord.exporter.tls import https_policy
@@ -76,13 +79,14 @@ class FakeFileStore:
     def path(self, file_id: str) -> str:
         return os.path.join(self.root, file_id)
 
-    def open(self, file_id: str) -> Deferred:
+    def open_and_read(self, file_id: str, size: int, digest: Any = None) -> Deferred:
         try:
             f = open(self.path(file_id), "rb")
         except FileNotFoundError:
             return fail(FileNotStored(file_id))
         self.opened += 1
-        return succeed(f)
+        on_disk = os.fstat(f.fileno()).st_size
+        return self.read(f, size, digest).addCallback(lambda first: (f, on_disk, first))
 
     def read(self, f: Any, size: int, digest: Any = None) -> Deferred:
         data = f.read(size)
@@ -320,9 +324,11 @@ class FakeImporter:
         self.max_in_flight = 0
         self.cancelled = 0
 
-    def post(self, url: str, data: Any = None, headers: Any = None, **options: Any) -> Deferred:
+    def post(self, url: Union[str, EncodedURL], data: Any = None, headers: Any = None,
+             **options: Any) -> Deferred:
         # ``options`` (redirects, buffering) concern treq's handling of real responses.
-        request = FakeRequest(url, headers)
+        # treq sends a URL given parsed as the text of its URI form.
+        request = FakeRequest(url if isinstance(url, str) else url.to_uri().to_text(), headers)
         self.requests.append(request)
         consumer = _Collect()
         self.in_flight += 1
@@ -589,13 +595,33 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
                          f"file {event.files[0].file_id} has no bytes on this node")
 
 
+class TargetURLTests(SynchronousTestCase):
+    """The URLs treq is given: parsed once when in URI form, as text otherwise."""
+
+    def test_a_target_in_uri_form_is_its_own_uri(self) -> None:
+        text = "http://127.0.0.1:8080/api/import"
+        url = _target(text)
+        self.assertIsInstance(url, _URI)
+        self.assertIs(url.to_uri(), url)
+        self.assertEqual(url.to_uri().to_text(), text)
+        self.assertIs(_target(text), url)
+
+    def test_a_target_needing_encoding_is_left_to_treq(self) -> None:
+        text = "http://hüb.example/%7Eimport"
+        self.assertEqual(_target(text), text)
+        self.assertEqual(EncodedURL.from_text(text).to_uri().to_text(),
+                         "http://xn--hb-xka.example/%7Eimport")
+
+
 class FileBodyTests(TestCase):
     """The upload body: reads in the file store's threads, a chunk ahead of what it sends."""
 
     def body_of(self, data: bytes, recorded: Optional[bytes] = None
                 ) -> tuple[Any, list[tuple[Deferred, bytes, Any]], Any]:
+        """A body of `data`, opened (its first read done), whose later reads wait for us."""
         reads: list[tuple[Deferred, bytes, Any]] = []
         self.asked: list[int] = []
+        f = io.BytesIO(data)
 
         class ThreadedStore:
             def read(store, f: Any, size: int, digest: Any = None) -> Deferred:
@@ -604,13 +630,20 @@ class FileBodyTests(TestCase):
                 reads.append((d, f.read(size), digest))
                 return d
 
-        f = io.BytesIO(data)
+            def open_and_read(store, file_id: str, size: int, digest: Any = None) -> Deferred:
+                return store.read(f, size, digest).addCallback(
+                    lambda first: (f, len(data), first))
+
         recorded = data if recorded is None else recorded
         record = FileRecord(
             file_id=new_id(), camera_id=CAMERA, mime_type="video/mp4",
             semantic_type="meteorpi:video", file_time=NOON, file_size=len(recorded),
             status_id=new_id(), md5=hashlib.md5(recorded).hexdigest())
-        return _FileBody(f, ThreadedStore(), record, Clock(), None, lambda _: None), reads, f
+        body = _FileBody(ThreadedStore(), record, Clock(), None, lambda _: None)
+        opening = Deferred.fromCoroutine(body.open())
+        self.finish_read(reads)
+        self.assertEqual(self.successResultOf(opening), len(data))
+        return body, reads, f
 
     def finish_read(self, reads: list[tuple[Deferred, bytes, Any]]) -> None:
         d, data, digest = reads.pop(0)
@@ -622,7 +655,6 @@ class FileBodyTests(TestCase):
         body, reads, f = self.body_of(data)
         consumer = StringTransport()
         finished = body.startProducing(consumer)
-        self.finish_read(reads)
         self.assertEqual(len(reads), 1)  # the second chunk is read while the first is sent
         self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
         self.finish_read(reads)
@@ -637,7 +669,6 @@ class FileBodyTests(TestCase):
         body, reads, f = self.body_of(data)
         consumer = StringTransport()
         finished = body.startProducing(consumer)
-        self.finish_read(reads)
         self.finish_read(reads)  # 10 bytes: the file ends there, no read is needed to know
         self.assertEqual(reads, [])
         self.assertEqual(consumer.value(), data)
@@ -649,7 +680,6 @@ class FileBodyTests(TestCase):
         body, reads, f = self.body_of(data)
         consumer = StringTransport()
         finished = body.startProducing(consumer)
-        self.finish_read(reads)
         self.successResultOf(finished)
         self.assertEqual(consumer.value(), data)
         self.assertEqual(self.asked, [1001])
@@ -666,14 +696,19 @@ class FileBodyTests(TestCase):
         self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
 
     def test_a_close_during_a_read_closes_the_file_after_it(self) -> None:
-        body, reads, f = self.body_of(b"x" * 10)
+        body, reads, f = self.body_of(b"x" * (2 * UPLOAD_CHUNK_BYTES))
         consumer = StringTransport()
         body.startProducing(consumer)
         body.close()
         self.assertFalse(f.closed)
         self.finish_read(reads)
         self.assertTrue(f.closed)
-        self.assertEqual(consumer.value(), b"")
+        self.assertEqual(len(consumer.value()), UPLOAD_CHUNK_BYTES)
+
+    def test_a_close_before_producing_closes_the_file(self) -> None:
+        body, reads, f = self.body_of(b"x" * 10)
+        body.close()
+        self.assertTrue(f.closed)
 
 
 class CorruptFileTests(ExporterTestMixin, TestCase):

@@ -159,6 +159,7 @@ class FileStoreTests(TestCase):
             yield self.assertFailure(self.store.add_from_path(source, file_id), InvalidFileId)
             yield self.assertFailure(self.store.exists(file_id), InvalidFileId)
             yield self.assertFailure(self.store.open(file_id), InvalidFileId)
+            yield self.assertFailure(self.store.open_and_read(file_id, 10), InvalidFileId)
             yield self.assertFailure(self.store.rehash(file_id), InvalidFileId)
             yield self.assertFailure(self.store.remove([FILE_ID, file_id]), InvalidFileId)
             upload = self.store.open_upload()
@@ -418,8 +419,25 @@ class FileStoreTests(TestCase):
         self.assertNotIn(threading.current_thread(), self.worker_threads)
 
     @inlineCallbacks
+    def test_open_and_read_takes_one_trip_off_the_reactor_thread(self):
+        yield self.upload(CONTENT)
+        self.worker_threads.clear()
+        digest = hashlib.md5()
+        f, size, first = yield self.store.open_and_read(FILE_ID, 1000, digest)
+        try:
+            self.assertEqual((size, first), (len(CONTENT), CONTENT[:1000]))
+            self.assertIs(type(first), bytes)
+            self.assertEqual(digest.hexdigest(), hashlib.md5(CONTENT[:1000]).hexdigest())
+            self.assertEqual((yield self.store.read(f, len(CONTENT))), CONTENT[1000:])
+        finally:
+            f.close()
+        self.assertEqual(len(self.worker_threads), 2)
+        self.assertNotIn(threading.current_thread(), self.worker_threads)
+
+    @inlineCallbacks
     def test_open_and_rehash_of_a_missing_file(self):
         yield self.assertFailure(self.store.open(FILE_ID), FileNotStored)
+        yield self.assertFailure(self.store.open_and_read(FILE_ID, 10), FileNotStored)
         yield self.assertFailure(self.store.rehash(FILE_ID), FileNotStored)
 
     @inlineCallbacks

@@ -31,7 +31,7 @@ Choices where the specification is silent:
   connection; the import protocol is idempotent, so this is safe. A refused TLS handshake is
   not sent again.
 - Files are streamed in 256 KiB chunks read and hashed in the file store's threads, a chunk
-  ahead of what is sent; the last chunk is held back until the file has ended there and the
+  ahead of what is sent (the file is opened and its first chunk read in one trip there); the last chunk is held back until the file has ended there and the
   digest is known, so the bytes of a file that no longer matches its record are never sent
   whole, and a size that differs from the record fails the entity before any byte is sent.
   Either is an entity failure saying so. The bytes are checked against the record's sha256
@@ -55,12 +55,13 @@ Choices where the specification is silent:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
-import os
 from typing import Any, Awaitable, Callable, Optional, Union
 
 import attrs
+from hyperlink import EncodedURL
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError, Deferred, DeferredList, DeferredLock, succeed)
@@ -154,17 +155,17 @@ class _BytesBody:
 @implementer(IBodyProducer)
 class _FileBody:
     """
-    Streams a file of `length` bytes that `file_store` opened, reading and hashing it in the
-    file store's threads a chunk ahead of what it sends, and checking it against the record's
-    sha256, or its md5 when it has none, as it goes (the last chunk is sent only once the file
-    has ended there and the digest matches), throttled
-    by `limiter` on `clock`; `on_throttle` is told every wait, so the request's timeout can be
-    extended by it.
+    Streams the file of `record` from `file_store`, reading and hashing it in the file store's
+    threads a chunk ahead of what it sends, and checking it against the record's sha256, or its
+    md5 when it has none, as it goes (the last chunk is sent only once the file has ended there
+    and the digest matches), throttled by `limiter` on `clock`; `on_throttle` is told every
+    wait, so the request's timeout can be extended by it. `open` comes first.
     """
 
-    def __init__(self, f: Any, file_store: Any, record: FileRecord, clock: IReactorTime,
+    def __init__(self, file_store: Any, record: FileRecord, clock: IReactorTime,
                  limiter: Optional[RateLimiter], on_throttle: Callable[[float], None]) -> None:
-        self._file = f
+        self._file: Any = None
+        self._first: tuple[bytes, bool] = (b"", False)
         self._file_store = file_store
         self._producing = False
         self._record = record
@@ -183,6 +184,17 @@ class _FileBody:
             self._digest = hashlib.md5(usedforsecurity=False)
         self.sent = 0
 
+    async def open(self) -> int:
+        """
+        Open the file and read its first chunk, in one trip to the file store's threads;
+        returns the file's size on disk. Fails with `FileNotStored`.
+        """
+        size = self._chunk_size(0)
+        self._file, on_disk, chunk = await self._file_store.open_and_read(
+            self._record.file_id, size, self._digest)
+        self._first = (chunk, len(chunk) < size)
+        return on_disk
+
     def startProducing(self, consumer: Any) -> Deferred[None]:
         finished: Deferred[None] = Deferred()
 
@@ -200,7 +212,7 @@ class _FileBody:
 
     async def _produce(self, consumer: Any) -> None:
         self._producing = True
-        reading = self._read(0)
+        reading: Deferred[tuple[bytes, bool]] = succeed(self._first)
         try:
             while True:
                 chunk, at_end = await reading
@@ -231,13 +243,19 @@ class _FileBody:
             # Closed once no read is under way in a thread.
             reading.addBoth(lambda _: self._file.close())
 
+    def _chunk_size(self, position: int) -> int:
+        """
+        The bytes to ask for at `position`: no more than one beyond the recorded length, so a
+        small file's buffer is no larger than the file.
+        """
+        return min(UPLOAD_CHUNK_BYTES, max(self.length - position, 0) + 1)
+
     def _read(self, position: int) -> Deferred[tuple[bytes, bool]]:
         """
         The chunk at `position` (where the previous one ended), added to the digest, and
-        whether it was short, which ends the file. No more than one byte beyond the recorded
-        length is asked for, so a small file's buffer is no larger than the file.
+        whether it was short, which ends the file.
         """
-        size = min(UPLOAD_CHUNK_BYTES, max(self.length - position, 0) + 1)
+        size = self._chunk_size(position)
         return self._file_store.read(self._file, size, self._digest).addCallback(
             lambda chunk: (chunk, len(chunk) < size))
 
@@ -403,6 +421,29 @@ def build_http_client(reactor: Any, max_persistent_per_host: int,
     pool.maxPersistentPerHost = max_persistent_per_host
     agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, policy), pool=pool)
     return HTTPClient(agent), pool
+
+
+class _URI(EncodedURL):
+    """
+    A URL whose text is in URI form already, so that it is its own `to_uri`: treq asks each
+    request's URL for its URI form, and hyperlink works it out anew every time (70 µs here,
+    four times an event).
+    """
+
+    def to_uri(self) -> _URI:
+        return self
+
+
+@functools.lru_cache(maxsize=64)
+def _target(target_url: str) -> Union[str, EncodedURL]:
+    """A configuration's `target_url` as treq is given it: a `_URI` when it is in URI form."""
+    try:
+        url = EncodedURL.from_text(target_url)
+        if url.to_uri() == url:
+            return _URI.from_text(target_url)
+    except ValueError:
+        pass
+    return target_url
 
 
 def _is_stale_connection(error: Exception) -> bool:
@@ -705,22 +746,25 @@ class ExporterService(Service):
             return await self._post_json(run, task, data, lease_end)
         assert isinstance(action, UploadFile)
         record = _file_record(task, action.file_id)
-        url = f"{config.target_url.rstrip('/')}/data/{action.file_id}/{action.md5}"
+        url: Union[str, EncodedURL] = (
+            f"{config.target_url.rstrip('/')}/data/{action.file_id}/{action.md5}")
+        if isinstance(_target(config.target_url), _URI):
+            url = _URI.from_text(url)
 
         async def open_body(deadline_extend: Callable[[float], None]) -> Body:
+            body = _FileBody(self.store.file_store, record, self._clock,
+                             self._limiter(config), deadline_extend)
             try:
-                f = await self.store.file_store.open(action.file_id)
+                size = await body.open()
             except FileNotStored:
                 raise _EntityProblem(
                     f"file {action.file_id} has no bytes on this node") from None
-            size = os.fstat(f.fileno()).st_size
             if size != record.file_size:
-                f.close()
+                body.close()
                 raise _EntityProblem(
                     f"file {action.file_id} on this node has {size} bytes, its record "
                     f"{record.file_size}; not sent")
-            return _FileBody(f, self.store.file_store, record, self._clock,
-                             self._limiter(config), deadline_extend)
+            return body
 
         code, body = await self._post(run, task, url, b"application/octet-stream", open_body,
                                       request_timeout(record.file_size), lease_end)
@@ -731,11 +775,13 @@ class ExporterService(Service):
         async def open_body(deadline_extend: Callable[[float], None]) -> Body:
             return _BytesBody(data)
 
-        code, body = await self._post(run, task, run.config.target_url, b"application/json",
+        code, body = await self._post(run, task, _target(run.config.target_url),
+                                      b"application/json",
                                       open_body, request_timeout(), lease_end)
         return code, body, len(data)
 
-    async def _post(self, run: _ConfigRound, task: ExportTask, url: str, content_type: bytes,
+    async def _post(self, run: _ConfigRound, task: ExportTask, url: Union[str, EncodedURL],
+                    content_type: bytes,
                     open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
                     timeout: float, lease_end: float) -> tuple[int, bytes]:
         """POST with a timeout, once more if the connection was lost before any response."""
@@ -751,7 +797,8 @@ class ExporterService(Service):
         except _StaleConnection as e:
             raise _TransportProblem(str(e)) from None
 
-    async def _exchange(self, run: _ConfigRound, url: str, content_type: bytes,
+    async def _exchange(self, run: _ConfigRound, url: Union[str, EncodedURL],
+                        content_type: bytes,
                         open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
                         timeout: float, lease_end: float) -> tuple[int, bytes]:
         if self._stopping:

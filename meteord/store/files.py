@@ -537,6 +537,31 @@ class FileStore:
         return self._run(_read_into, f, buffer, digest).addCallback(
             lambda n: bytes(memoryview(buffer)[:n]))
 
+    def open_and_read(
+        self, file_id: str, size: int, digest: Any = None
+    ) -> Deferred[tuple[BinaryIO, int, bytes]]:
+        """
+        L{open} and the first L{read} of C{size} bytes in one trip to a thread: the open file,
+        its size on disk and those bytes. The caller closes the file.
+        """
+        try:
+            path = self._path(file_id)
+        except InvalidFileId:
+            return fail()
+        buffer = bytearray(size)
+        return self._run(self._open_and_read_into, path, file_id, buffer, digest).addCallback(
+            lambda opened: (opened[0], opened[1], bytes(memoryview(buffer)[: opened[2]])))
+
+    def _open_and_read_into(
+        self, path: str, file_id: str, buffer: bytearray, digest: Any
+    ) -> tuple[BinaryIO, int, int]:
+        f = self._open_for_reading(path, file_id)
+        try:
+            return f, os.fstat(f.fileno()).st_size, _read_into(f, buffer, digest)
+        except BaseException:
+            f.close()
+            raise
+
     def _open_for_reading(self, path: str, file_id: str) -> BinaryIO:
         try:
             return open(path, "rb")
