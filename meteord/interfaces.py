@@ -262,6 +262,12 @@ class IMeteorStore(Interface):
     def complete_export_task(task_id, bytes_sent=0):
         """Mark a task done and count the bytes sent. -> None"""
 
+    def complete_and_claim_export_tasks(task_id, bytes_sent, config_id, limit, lease_seconds):
+        """
+        ``complete_export_task`` then ``claim_export_tasks`` as one transaction: neither
+        happens if either fails. -> [ExportTask]
+        """
+
     def fail_export_task(task_id, reason):
         """Mark a task failed with its reason (an entity failure). -> None"""
 

@@ -124,6 +124,7 @@ class FakeStore:
         self.outcomes: dict[str, ExportOutcome] = {}
         self.statuses: dict[str, CameraStatus] = {}
         self.claims = 0
+        self.combined = 0
         self.fail_next: dict[str, Exception] = {}
 
     def _maybe_fail(self, name: str) -> Optional[Deferred]:
@@ -223,6 +224,12 @@ class FakeStore:
         self.outcomes[task.config_id] = attrs.evolve(
             self.outcomes[task.config_id], last_success=ms_to_datetime(int(self.now() * 1000)))
         return succeed(None)
+
+    def complete_and_claim_export_tasks(self, task_id: int, bytes_sent: int, config_id: str,
+                                        limit: int, lease_seconds: float) -> Deferred:
+        self.combined += 1
+        self.complete_export_task(task_id, bytes_sent)
+        return self.claim_export_tasks(config_id, limit, lease_seconds)
 
     def fail_export_task(self, task_id: int, reason: str) -> Deferred:
         task = self.tasks[task_id]
@@ -1021,6 +1028,17 @@ class LoopTests(ExporterTestMixin, TestCase):
         service = self.run_once(complete, batch_size=2, concurrency=2)
         self.assertEqual(self.state(config), ["done"] * 7)
         self.assertEqual(service.rounds, 5)
+
+    def test_a_worker_completes_a_task_and_claims_its_next_in_one_trip(self) -> None:
+        config = self.store.add_config(export_config())
+        for _ in range(5):
+            self.event_with_files(config)
+        service = self.run_once(complete, batch_size=3, concurrency=1)
+        self.assertEqual(self.state(config), ["done"] * 5)
+        # Rounds of 3 and 2 tasks, then one that finds none. A round's first claim is on its
+        # own, later ones come with a completion (the second round's last finds nothing),
+        # and the completion that ends a full batch claims nothing.
+        self.assertEqual((service.rounds, self.store.claims, self.store.combined), (3, 5, 4))
 
     def test_concurrency_per_configuration(self) -> None:
         config = self.store.add_config(export_config())

@@ -468,6 +468,42 @@ class ExportTaskTests:
             "failed": 0, "consecutive_failures": 0, "last_success": NOW_MS + 5000,
             "bytes_sent": 1024})
 
+    async def test_complete_and_claim_the_next_in_one_trip(self) -> None:
+        oldest, middle, newest = await self.add_events(1, 2, 3)
+        await self.store.mark_entities_to_export(self.config)
+        (first,) = await self.claim(limit=1)
+        trips = []
+        run = self.store.run
+
+        def counting(operation: Any, *args: Any) -> Any:
+            trips.append(operation)
+            return run(operation, *args)
+
+        self.patch(self.store, "run", counting)
+        self.clock.advance(5)
+        (second,) = await self.store.complete_and_claim_export_tasks(
+            first.task_id, 1000, self.config.config_id, 1, 60)
+        self.assertEqual(len(trips), 1)
+        self.assertEqual((first.entity_id, second.entity_id, second.attempts),
+                         (oldest, middle, 1))
+        self.assertEqual(second.entity, await self.store.get_event(middle))
+        self.assertEqual(await self.status(), {
+            "config_id": self.config.config_id, "enabled": True, "pending": 2, "done": 1,
+            "failed": 0, "oldest_pending_ms": NOW_MS, "consecutive_failures": 0,
+            "last_success": NOW_MS + 5000, "next_attempt": NOW_MS, "bytes_sent": 1000})
+        self.assertEqual([t.entity_id for t in await self.claim()], [newest])
+
+    async def test_complete_and_claim_of_an_unknown_task_claims_nothing(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        with self.assertRaises(EntityNotFound):
+            await self.store.complete_and_claim_export_tasks(
+                10**6, 0, self.config.config_id, 1, 60)
+        with self.assertRaises(ValueError):
+            await self.store.complete_and_claim_export_tasks(
+                10**6, -1, self.config.config_id, 1, 60)
+        self.assertEqual(len(await self.claim()), 2)
+
     async def test_fail_then_retry(self) -> None:
         await self.add_events(1, 2)
         await self.store.mark_entities_to_export(self.config)

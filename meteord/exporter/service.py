@@ -21,6 +21,8 @@ Choices where the specification is silent:
   released task is never retried at once.
 - Success resets the stored failure count at once when it is not zero (the store notes
   `last_success` itself when a task completes).
+- A worker that takes another task marks the one it finished done and claims the next in one
+  transaction (`complete_and_claim_export_tasks`), one trip to the database instead of two.
 - Request timeouts: `request_timeout()` for a message, `request_timeout(file size)` for an
   upload, covering sending, the reply's headers and reading its body. Time spent waiting on
   the configuration's own rate cap is added, because the importer is not the one being slow.
@@ -675,27 +677,42 @@ class ExporterService(Service):
 
     async def _worker(self, run: _ConfigRound) -> None:
         config = run.config
-        while run.remaining > 0 and not run.halted and not self._stopping:
-            if not config.in_window(self._now_ms()):
-                return
-            run.remaining -= 1
-            tasks = await self.store.claim_export_tasks(config.config_id, 1, self.lease_seconds)
-            if not tasks:
-                run.remaining = 0
-                return
-            run.claimed += 1
-            task = tasks[0]
+        task: Optional[ExportTask] = None
+        while True:
+            if task is None:
+                if not self._may_claim(run):
+                    return
+                task = self._claimed(run, await self.store.claim_export_tasks(
+                    config.config_id, 1, self.lease_seconds))
+                if task is None:
+                    return
             try:
-                await self._export(run, task)
+                task = await self._export(run, task)
             except Exception:
                 self.round_errors += 1
                 log.failure("export {config_id}: {kind} {entity_id} could not be finished",
                             config_id=config.config_id, kind=task.kind,
                             entity_id=task.entity_id)
+                task = None
+
+    def _may_claim(self, run: _ConfigRound) -> bool:
+        """Whether a worker of `run` takes another task now."""
+        return (run.remaining > 0 and not run.halted and not self._stopping
+                and run.config.in_window(self._now_ms()))
+
+    def _claimed(self, run: _ConfigRound, tasks: list[ExportTask]) -> Optional[ExportTask]:
+        """Count a claim of one task; None, and no more claims this round, when it found none."""
+        run.remaining -= 1
+        if not tasks:
+            run.remaining = 0
+            return None
+        run.claimed += 1
+        return tasks[0]
 
     # one entity
 
-    async def _export(self, run: _ConfigRound, task: ExportTask) -> None:
+    async def _export(self, run: _ConfigRound, task: ExportTask) -> Optional[ExportTask]:
+        """Export one task; the next task of `run`, when one was claimed as this one ended."""
         counters = self.counters[run.config.config_id]
         counters.attempts += 1
         lease_end = self._clock.seconds() + self.lease_seconds - LEASE_MARGIN_SECONDS
@@ -719,15 +736,16 @@ class ExporterService(Service):
             log.info("export {config_id}: {kind} {entity_id} given back, the exporter is "
                      "stopping", config_id=run.config.config_id, kind=task.kind,
                      entity_id=task.entity_id)
-            return
+            return None
         finally:
             counters.round_trips += protocol.round_trips
         if isinstance(action, Done):
-            await self._succeeded(run, task, sent, protocol.round_trips)
-        elif isinstance(action, EntityFailed):
+            return await self._succeeded(run, task, sent, protocol.round_trips)
+        if isinstance(action, EntityFailed):
             await self._entity_failed(run, task, action.reason)
         else:
             await self._transport_failed(run, task, action.reason)
+        return None
 
     async def _carry_out(self, run: _ConfigRound, task: ExportTask, action: Any,
                          lease_end: float) -> tuple[int, bytes, int]:
@@ -866,15 +884,29 @@ class ExporterService(Service):
     # outcomes
 
     async def _succeeded(self, run: _ConfigRound, task: ExportTask, sent: int,
-                         round_trips: int) -> None:
+                         round_trips: int) -> Optional[ExportTask]:
+        """
+        Reset the failure count if it is not zero, then mark the task done, with the claim of
+        the worker's next task in the same trip to the store when it takes one; that task.
+        """
         config_id = run.config.config_id
+        await self._reset_failures(run)
+        next_task = None
+        if self._may_claim(run):
+            next_task = self._claimed(run, await self.store.complete_and_claim_export_tasks(
+                task.task_id, sent, config_id, 1, self.lease_seconds))
+        else:
+            await self.store.complete_export_task(task.task_id, sent)
         counters = self.counters[config_id]
-        await self.store.complete_export_task(task.task_id, sent)
         counters.successes += 1
         counters.bytes_sent += sent
         log.debug("export {config_id}: {kind} {entity_id} complete after {round_trips} round "
                   "trips, {sent} bytes", config_id=config_id, kind=task.kind,
                   entity_id=task.entity_id, round_trips=round_trips, sent=sent)
+        return next_task
+
+    async def _reset_failures(self, run: _ConfigRound) -> None:
+        config_id = run.config.config_id
         async with run.lock:
             if run.outcome.consecutive_failures == 0:
                 return

@@ -203,22 +203,38 @@ class AccountOperations:
         """Lease up to ``limit`` due pending tasks, oldest first, with their entities loaded."""
         return Deferred.fromCoroutine(self._claim_export_tasks(config_id, limit, lease_seconds))
 
-    async def _claim_export_tasks(self, config_id: str, limit: int,
-                                  lease_seconds: float) -> list[ExportTask]:
+    async def _claim_export_tasks(self, config_id: str, limit: int, lease_seconds: float,
+                                  completed: Optional[tuple[int, int]] = None
+                                  ) -> list[ExportTask]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive integer")
+        if completed is not None:
+            _check_bytes_sent(completed[1])
         now = self.now_ms()
         claimed = await self.run(_claim_with_entities, self.dialect, config_id, limit, now,
-                                 now + int(lease_seconds * 1000))
+                                 now + int(lease_seconds * 1000), completed)
         return [ExportTask(task_id=task_id, config_id=config_id, kind=kind, entity=entity,
                            attempts=attempts)
                 for task_id, kind, entity, attempts in claimed]
 
     def complete_export_task(self, task_id: int, bytes_sent: int = 0) -> Deferred[None]:
         """Mark a task done, add its bytes to the configuration's total, note the success."""
-        if isinstance(bytes_sent, bool) or not isinstance(bytes_sent, int) or bytes_sent < 0:
-            return fail(ValueError("bytes_sent must be a non-negative integer"))
+        try:
+            _check_bytes_sent(bytes_sent)
+        except ValueError:
+            return fail()
         return self.run(_complete_task, task_id, bytes_sent, self.now_ms())
+
+    def complete_and_claim_export_tasks(self, task_id: int, bytes_sent: int, config_id: str,
+                                        limit: int, lease_seconds: float
+                                        ) -> Deferred[list[ExportTask]]:
+        """
+        `complete_export_task` then `claim_export_tasks`, in one transaction: a worker done
+        with one task takes its next in one trip to the database. Neither happens if either
+        fails.
+        """
+        return Deferred.fromCoroutine(self._claim_export_tasks(
+            config_id, limit, lease_seconds, completed=(task_id, bytes_sent)))
 
     def fail_export_task(self, task_id: int, reason: str) -> Deferred[None]:
         """Mark a task failed with its reason (an entity failure)."""
@@ -573,12 +589,21 @@ def _claim(dialect: Dialect, config_id: str, limit: int, now: int,
             for task_id, kind, pk, attempts in rows if (kind, pk) in public_ids]
 
 
-def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int, lease_until: int
+def _check_bytes_sent(bytes_sent: object) -> None:
+    if isinstance(bytes_sent, bool) or not isinstance(bytes_sent, int) or bytes_sent < 0:
+        raise ValueError("bytes_sent must be a non-negative integer")
+
+
+def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int, lease_until: int,
+                         completed: Optional[tuple[int, int]] = None
                          ) -> Operation[list[tuple[int, str, Event | FileRecord, int]]]:
     """
     `_claim`, giving each task's entity read in the same transaction (so a claim of many tasks
-    is one trip to the database, not one per task).
+    is one trip to the database, not one per task); first, the ``completed`` task (its id and
+    bytes sent) is marked done.
     """
+    if completed is not None:
+        yield from _complete_task(*completed, now)
     claimed = yield from _claim(dialect, config_id, limit, now, lease_until)
     entities = yield from entities_by_id([(kind, entity_id) for _, kind, entity_id, _ in claimed])
     vanished = [task_id for task_id, kind, entity_id, _ in claimed
