@@ -387,6 +387,18 @@ class ExportTaskTests:
     async def status(self) -> dict:
         return (await self.store.get_export_status(self.config.config_id)).to_dict()
 
+    def count_trips(self) -> list:
+        """The operations run on the database from now on, one per trip."""
+        trips = []
+        run = self.store.run
+
+        def counting(operation: Any, *args: Any) -> Any:
+            trips.append(operation)
+            return run(operation, *args)
+
+        self.patch(self.store, "run", counting)
+        return trips
+
     async def test_marking_is_idempotent(self) -> None:
         await self.add_events(3, 1, 2)
         await self.add_events(4, camera_id=CAMERA_B)
@@ -429,14 +441,7 @@ class ExportTaskTests:
     async def test_a_claim_reads_its_entities_in_its_own_trip_to_the_database(self) -> None:
         event_ids = await self.add_events(1, 2, 3)
         await self.store.mark_entities_to_export(self.config)
-        trips = []
-        run = self.store.run
-
-        def counting(operation: Any, *args: Any) -> Any:
-            trips.append(operation)
-            return run(operation, *args)
-
-        self.patch(self.store, "run", counting)
+        trips = self.count_trips()
         tasks = await self.claim()
         self.assertEqual(len(trips), 1)
         self.assertEqual([t.entity for t in tasks],
@@ -472,14 +477,7 @@ class ExportTaskTests:
         oldest, middle, newest = await self.add_events(1, 2, 3)
         await self.store.mark_entities_to_export(self.config)
         (first,) = await self.claim(limit=1)
-        trips = []
-        run = self.store.run
-
-        def counting(operation: Any, *args: Any) -> Any:
-            trips.append(operation)
-            return run(operation, *args)
-
-        self.patch(self.store, "run", counting)
+        trips = self.count_trips()
         self.clock.advance(5)
         (second,) = await self.store.complete_and_claim_export_tasks(
             first.task_id, 1000, self.config.config_id, 1, 60)
