@@ -272,13 +272,24 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual(await self.send(cached), (200, {"state": "complete"}))
         await self.assert_event_stored()
 
-    async def test_a_cached_entity_whose_uploads_all_arrived_asks_the_store_nothing(self) -> None:
+    async def upload_all_asked_for(self) -> list[str]:
+        """Send the event, upload both files it is answered with; then record questions."""
         await self.send({"type": "status", "status": STATUS.to_dict()})
         code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
         self.assertEqual(reply["file_ids"], [FILE_A, FILE_B])
         for file_id, data in self.data.items():
             self.assertEqual(await self.upload(file_id, data), (200, {"state": "continue"}))
-        asked = self.questions()
+        return self.questions()
+
+    async def test_an_entity_sent_again_after_its_uploads_asks_the_store_nothing(self) -> None:
+        asked = await self.upload_all_asked_for()
+        self.assertEqual(await self.send({"type": "event", "event": self.event.to_dict()}),
+                         (200, {"state": "complete"}))
+        self.assertEqual(asked, [])
+        await self.assert_event_stored()
+
+    async def test_a_cached_entity_after_its_uploads_asks_the_store_nothing(self) -> None:
+        asked = await self.upload_all_asked_for()
         self.assertEqual(
             await self.send({"type": "cached_entity", "cached_entity_id": EVENT_ID}),
             (200, {"state": "complete"}))

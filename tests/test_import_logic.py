@@ -223,20 +223,26 @@ class EntityCacheTests(SynchronousTestCase):
                          Holdings(stored=False, file_bytes=frozenset([FILE_A])))
         self.assertEqual(cache.holdings(other.file_id), Holdings(stored=False))
 
-    def test_holdings_go_when_the_entity_is_sent_again_discarded_or_evicted(self) -> None:
+    def test_holdings_stay_when_the_entity_is_sent_again(self) -> None:
+        cache = EntityCache()
+        cache.put(EVENT)
+        held = Holdings(stored=False, statuses=frozenset([STATUS_1]))
+        cache.note_holdings(EVENT_ID, held)
+        cache.put(EVENT)
+        self.assertEqual(cache.holdings(EVENT_ID), held)
+
+    def test_holdings_go_when_the_entity_is_discarded_or_evicted(self) -> None:
         first, second = self.records(2)
         cache = EntityCache(2)
         for entity in (EVENT, first):
             cache.put(entity)
             cache.note_holdings(entity_id(entity), Holdings(stored=False))
-        cache.put(EVENT)
-        self.assertIsNone(cache.holdings(EVENT_ID))
-        cache.note_holdings(EVENT_ID, Holdings(stored=False))
         cache.discard(EVENT_ID)
+        cache.put(EVENT)
         self.assertIsNone(cache.holdings(EVENT_ID))
         cache.put(second)
-        cache.put(EVENT)
         self.assertIsNone(cache.get(first.file_id))
+        cache.put(first)
         self.assertIsNone(cache.holdings(first.file_id))
 
 

@@ -190,7 +190,8 @@ class EntityCache:
     """
     The entities received in full, most recently used last, at most ``size`` of them, so that
     ``cached_entity`` can be resolved and uploads checked against their file records; with
-    each, what the store was last found to hold for it, plus the bytes stored since.
+    each, what the store was last found to hold for it, plus the bytes stored since (facts
+    about ids, so they stay when the entity is sent again).
     """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -208,7 +209,6 @@ class EntityCache:
         key = entity_id(entity)
         self._entities[key] = entity
         self._entities.move_to_end(key)
-        self._holdings.pop(key, None)
         while len(self._entities) > self.size:
             evicted, _ = self._entities.popitem(last=False)
             self._holdings.pop(evicted, None)

@@ -32,11 +32,14 @@ Choices where the specification is silent:
 - The store is asked everything a message needs at once (whether the entity, each file record,
   each status it could want and each file's bytes are there), not one question after another:
   a few more questions, but one wait instead of up to seven. The answer is the same.
-- A ``cached_entity`` is answered from what the store was found to hold when the entity was
-  last answered, plus the uploads stored by this process since: when that is everything the
-  entity needs, it is stored at once, one trip to the store instead of three. Otherwise the
-  store is asked again. Storing stays safe either way: an entity stored meanwhile by another
-  process is left as it is and answered ``complete``.
+- An entity sent again (in full, as meteord's exporter does after its uploads, or as
+  ``cached_entity``) is answered from what the store was found to hold when it was last
+  answered, plus the uploads stored by this process since: when that is everything the entity
+  needs, it is stored at once, one trip to the store instead of three. Otherwise the store is
+  asked again. What is remembered are facts about ids (this status is known, that file's
+  record or bytes are stored), so an entity sent again with other content is judged rightly.
+  Storing stays safe either way: an entity stored meanwhile by another process is left as it
+  is and answered ``complete``.
 - The store is asked about an upload only once its body is in, never while it arrives: the
   node's orderly stop waits for requests being answered, not for bodies still arriving, so no
   store call may start before then.
@@ -233,7 +236,7 @@ class ImportAPI:
         assert isinstance(message, CachedEntityReference)
         entity = self.cache.get(message.entity_id)
         if entity is not None:
-            return await self._answer_entity(entity, user_id, recalled=True)
+            return await self._answer_entity(entity, user_id)
         if (await self._store.has_event_id(message.entity_id)
                 or await self._store.has_file_id(message.entity_id)):
             return Reply.complete()
@@ -246,15 +249,14 @@ class ImportAPI:
                 await self._store.import_camera_status(status, user_id)
         return Reply.continue_()
 
-    async def _answer_entity(self, entity: Entity, user_id: str, *,
-                             recalled: bool = False) -> Reply:
+    async def _answer_entity(self, entity: Entity, user_id: str) -> Reply:
         """
-        The reply to ``entity``; when ``recalled`` from the cache, the holdings remembered for
-        it are trusted if they say it can be stored, and the store is asked otherwise.
+        The reply to ``entity``: the holdings remembered for it are trusted if they say it can
+        be stored, and the store is asked otherwise.
         """
         key = entity_id(entity)
         async with self._serialised.holding(key):
-            held = self.cache.holdings(key) if recalled else None
+            held = self.cache.holdings(key)
             decision = decide(entity, held) if held is not None else None
             if not isinstance(decision, ImportNow):
                 held = await self._holdings(entity)
