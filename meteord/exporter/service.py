@@ -215,6 +215,8 @@ class _FileBody:
     async def _produce(self, consumer: Any) -> None:
         self._producing = True
         reading: Deferred[tuple[bytes, bool]] = succeed(self._first)
+        # Not held once sent: a chunk kept by each of 16 uploads under way is 4 MiB.
+        self._first = (b"", False)
         try:
             while True:
                 chunk, at_end = await reading
