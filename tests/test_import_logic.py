@@ -223,6 +223,33 @@ class EntityCacheTests(SynchronousTestCase):
                          Holdings(stored=False, file_bytes=frozenset([FILE_A])))
         self.assertEqual(cache.holdings(other.file_id), Holdings(stored=False))
 
+    def test_the_index_of_file_ids_follows_the_entities_held(self) -> None:
+        cache = EntityCache(2)
+        cache.put(EVENT)
+        cache.note_holdings(EVENT_ID, Holdings(stored=False))
+        fewer = Event.from_dict(event_dict(files=[file_dict(FILE_A)]))
+        cache.put(fewer)
+        cache.bytes_stored(FILE_B)
+        self.assertEqual(cache.holdings(EVENT_ID), Holdings(stored=False))
+        self.assertIsNone(cache.file_record(FILE_B))
+        self.assertEqual(cache.file_record(FILE_A), fewer.files[0])
+        cache.discard(EVENT_ID)
+        self.assertIsNone(cache.file_record(FILE_A))
+        first, second, third = self.records(3)
+        for record in (first, second, third):
+            cache.put(record)
+        self.assertIsNone(cache.file_record(first.file_id))
+        self.assertEqual(cache.file_record(third.file_id), third)
+
+    def test_the_most_recently_used_holder_gives_a_file_record(self) -> None:
+        cache = EntityCache()
+        cache.put(EVENT)
+        newer = FileRecord.from_dict(file_dict(FILE_B, md5="d" * 32))
+        cache.put(newer)
+        self.assertEqual(cache.file_record(FILE_B), newer)
+        cache.get(EVENT_ID)
+        self.assertEqual(cache.file_record(FILE_B), EVENT.files[1])
+
     def test_holdings_stay_when_the_entity_is_sent_again(self) -> None:
         cache = EntityCache()
         cache.put(EVENT)

@@ -191,7 +191,8 @@ class EntityCache:
     The entities received in full, most recently used last, at most ``size`` of them, so that
     ``cached_entity`` can be resolved and uploads checked against their file records; with
     each, what the store was last found to hold for it, plus the bytes stored since (facts
-    about ids, so they stay when the entity is sent again).
+    about ids, so they stay when the entity is sent again). The entities holding each file id
+    are indexed, so an upload costs the same however full the cache is.
     """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -200,6 +201,7 @@ class EntityCache:
         self.size = size
         self._entities: OrderedDict[str, Entity] = OrderedDict()
         self._holdings: dict[str, Holdings] = {}
+        self._holders: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entities)
@@ -207,11 +209,23 @@ class EntityCache:
     def put(self, entity: Entity) -> None:
         """Remember an entity received in full, evicting the least recently used."""
         key = entity_id(entity)
+        self._forget(key)
         self._entities[key] = entity
-        self._entities.move_to_end(key)
+        for file_id in file_ids_of(entity):
+            self._holders.setdefault(file_id, set()).add(key)
         while len(self._entities) > self.size:
-            evicted, _ = self._entities.popitem(last=False)
-            self._holdings.pop(evicted, None)
+            self.discard(next(iter(self._entities)))
+
+    def _forget(self, key: str) -> None:
+        """Drop the entity (not its holdings) and its place in the index of file ids."""
+        entity = self._entities.pop(key, None)
+        if entity is None:
+            return
+        for file_id in file_ids_of(entity):
+            holders = self._holders[file_id]
+            holders.discard(key)
+            if not holders:
+                del self._holders[file_id]
 
     def note_holdings(self, key: str, holdings: Holdings) -> None:
         """Remember what the store holds for a held entity, as just asked."""
@@ -224,8 +238,9 @@ class EntityCache:
 
     def bytes_stored(self, file_id: str) -> None:
         """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""
-        for key, holdings in self._holdings.items():
-            if file_id not in holdings.file_bytes and file_id in file_ids_of(self._entities[key]):
+        for key in self._holders.get(file_id, ()):
+            holdings = self._holdings.get(key)
+            if holdings is not None and file_id not in holdings.file_bytes:
                 self._holdings[key] = attrs.evolve(
                     holdings, file_bytes=holdings.file_bytes | {file_id})
 
@@ -238,16 +253,17 @@ class EntityCache:
 
     def discard(self, key: str) -> None:
         """Forget an entity (once it is stored)."""
-        self._entities.pop(key, None)
+        self._forget(key)
         self._holdings.pop(key, None)
 
     def file_record(self, file_id: str) -> Optional[FileRecord]:
         """The record of a file as the most recently received entity holding it gives it."""
-        for entity in reversed(self._entities.values()):
-            for record in _files_of(entity):
-                if record.file_id == file_id:
-                    return record
-        return None
+        holders = self._holders.get(file_id)
+        if not holders:
+            return None
+        key = next(iter(holders)) if len(holders) == 1 else next(
+            key for key in reversed(self._entities) if key in holders)
+        return next(r for r in _files_of(self._entities[key]) if r.file_id == file_id)
 
 
 def _files_of(entity: Entity) -> tuple[FileRecord, ...]:
