@@ -346,7 +346,8 @@ def build_site(config: Config, store: Any, reactor: Any,
     if "import" in config.http.apis:
         from meteord.web.importer import ImportAPI
 
-        importer = ImportAPI(store, authenticator, max_upload_bytes=config.files.max_upload_bytes)
+        importer = ImportAPI(store, authenticator, reactor,
+                             max_upload_bytes=config.files.max_upload_bytes)
         apis.append(importer)
         receivers.append(importer.body_receiver(config.http.prefix))
     ops = OperationsAPI(store_check=store.check, documented=apis, prefix=config.http.prefix)

@@ -8,6 +8,7 @@ of stale connections, corrupted files, rounds that never overlap and a loop that
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
@@ -602,6 +603,25 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
         self.assertEqual(task.last_error,
                          f"file {event.files[0].file_id} has no bytes on this node")
 
+    def test_a_file_that_cannot_be_read_fails_the_entity_only(self) -> None:
+        config = self.store.add_config(export_config())
+        event = self.event_with_files(config, 100)
+        self.event_with_files(config, 100)
+
+        def unreadable(file_id: str, size: int, digest: Any = None) -> Deferred:
+            if file_id == event.files[0].file_id:
+                return fail(OSError(errno.EIO, "Input/output error"))
+            return opened(file_id, size, digest)
+
+        opened = self.store.file_store.open_and_read
+        self.patch(self.store.file_store, "open_and_read", unreadable)
+        self.run_once(SimulatedImporter())
+        self.assertEqual(sorted(self.state(config)), ["done", "failed"])
+        failed = [t for t in self.store.tasks_of(config) if t.state == "failed"]
+        self.assertEqual(failed[0].last_error, f"file {event.files[0].file_id} cannot be "
+                         "read on this node (Input/output error)")
+        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
+
 
 class TargetURLTests(SynchronousTestCase):
     """The URLs treq is given: parsed once when in URI form, as text otherwise."""
@@ -1054,6 +1074,17 @@ class LoopTests(ExporterTestMixin, TestCase):
         # own, later ones come with a completion (the second round's last finds nothing),
         # and the completion that ends a full batch claims nothing.
         self.assertEqual((service.rounds, self.store.claims, self.store.combined), (3, 5, 4))
+
+    def test_workers_claiming_together_stay_within_the_batch(self) -> None:
+        config = self.store.add_config(export_config())
+        for _ in range(5):
+            self.event_with_files(config)
+        claims: list[Deferred] = []
+        self.patch(self.store, "claim_export_tasks", lambda *args: claims.append(Deferred())
+                   or claims[-1])
+        self.run_once(complete, batch_size=1, concurrency=4)
+        self.assertEqual(len(claims), 1)
+        claims[0].callback([])
 
     def test_concurrency_per_configuration(self) -> None:
         config = self.store.add_config(export_config())

@@ -39,6 +39,7 @@ from meteord.model import (
     Orientation)
 from meteord.web._request import JSON_BODY_LIMIT, StreamingRequest
 from meteord.web.auth import Authenticator
+from meteord.web._import_logic import HOLDINGS_SECONDS
 from meteord.web.importer import ImportAPI, _Serialised
 from meteord.web.root import APIRoot
 from tests._stores import PostgresStoreMixin, SQLiteStoreMixin
@@ -113,7 +114,7 @@ class ImporterFixture:
 
     def new_api(self, **kwargs: Any) -> ImportAPI:
         kwargs.setdefault("max_upload_bytes", self.max_upload_bytes)
-        self.api = ImportAPI(self.store, self.auth, **kwargs)
+        self.api = ImportAPI(self.store, self.auth, self.clock, **kwargs)
         return self.api
 
     def serve(self, api: ImportAPI) -> None:
@@ -286,6 +287,14 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual(await self.send({"type": "event", "event": self.event.to_dict()}),
                          (200, {"state": "complete"}))
         self.assertEqual(asked, [])
+        await self.assert_event_stored()
+
+    async def test_an_entity_sent_again_a_minute_later_asks_the_store_again(self) -> None:
+        asked = await self.upload_all_asked_for()
+        self.clock.advance(HOLDINGS_SECONDS)
+        self.assertEqual(await self.send({"type": "event", "event": self.event.to_dict()}),
+                         (200, {"state": "complete"}))
+        self.assertEqual(asked, ["stored_ids", "existing"])
         await self.assert_event_stored()
 
     async def test_a_cached_entity_after_its_uploads_asks_the_store_nothing(self) -> None:

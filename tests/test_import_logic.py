@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meteord.model import CameraStatus, Event, FileRecord, InvalidEntity
 from meteord.web._import_logic import (
+    HOLDINGS_SECONDS,
     CachedEntityReference,
     EntityCache,
     EntityMessage,
@@ -198,14 +199,23 @@ class EntityCacheTests(SynchronousTestCase):
     def test_size_must_be_positive(self) -> None:
         self.assertRaises(ValueError, EntityCache, 0)
 
-    def test_holdings_are_kept_with_their_entity(self) -> None:
+    def test_holdings_are_kept_with_their_entity_for_one_answer(self) -> None:
         cache = EntityCache()
         held = Holdings(stored=False, statuses=frozenset([STATUS_1]))
-        cache.note_holdings(EVENT_ID, held)
-        self.assertIsNone(cache.holdings(EVENT_ID))
+        cache.note_holdings(EVENT_ID, held, 0.0)
+        self.assertIsNone(cache.take_holdings(EVENT_ID, 0.0))
         cache.put(EVENT)
-        cache.note_holdings(EVENT_ID, held)
-        self.assertEqual(cache.holdings(EVENT_ID), held)
+        cache.note_holdings(EVENT_ID, held, 0.0)
+        self.assertEqual(cache.take_holdings(EVENT_ID, 1.0), held)
+        self.assertIsNone(cache.take_holdings(EVENT_ID, 1.0))
+
+    def test_holdings_expire(self) -> None:
+        cache = EntityCache()
+        cache.put(EVENT)
+        cache.note_holdings(EVENT_ID, Holdings(stored=False), 100.0)
+        self.assertIsNone(cache.take_holdings(EVENT_ID, 100.0 + HOLDINGS_SECONDS))
+        cache.note_holdings(EVENT_ID, Holdings(stored=False), 100.0)
+        self.assertIsNotNone(cache.take_holdings(EVENT_ID, 99.9 + HOLDINGS_SECONDS))
 
     def test_bytes_stored_reach_the_holdings_of_every_entity_with_that_file(self) -> None:
         cache = EntityCache()
@@ -214,23 +224,23 @@ class EntityCacheTests(SynchronousTestCase):
         other = FileRecord.from_dict(file_dict("c" * 32))
         cache.put(other)
         for key in (EVENT_ID, FILE_A, other.file_id):
-            cache.note_holdings(key, Holdings(stored=False))
+            cache.note_holdings(key, Holdings(stored=False), 0.0)
         cache.bytes_stored(FILE_A)
         cache.bytes_stored("f" * 32)
-        self.assertEqual(cache.holdings(EVENT_ID),
+        self.assertEqual(cache.take_holdings(EVENT_ID, 0.0),
                          Holdings(stored=False, file_bytes=frozenset([FILE_A])))
-        self.assertEqual(cache.holdings(FILE_A),
+        self.assertEqual(cache.take_holdings(FILE_A, 0.0),
                          Holdings(stored=False, file_bytes=frozenset([FILE_A])))
-        self.assertEqual(cache.holdings(other.file_id), Holdings(stored=False))
+        self.assertEqual(cache.take_holdings(other.file_id, 0.0), Holdings(stored=False))
 
     def test_the_index_of_file_ids_follows_the_entities_held(self) -> None:
         cache = EntityCache(2)
         cache.put(EVENT)
-        cache.note_holdings(EVENT_ID, Holdings(stored=False))
+        cache.note_holdings(EVENT_ID, Holdings(stored=False), 0.0)
         fewer = Event.from_dict(event_dict(files=[file_dict(FILE_A)]))
         cache.put(fewer)
         cache.bytes_stored(FILE_B)
-        self.assertEqual(cache.holdings(EVENT_ID), Holdings(stored=False))
+        self.assertEqual(cache.take_holdings(EVENT_ID, 0.0), Holdings(stored=False))
         self.assertIsNone(cache.file_record(FILE_B))
         self.assertEqual(cache.file_record(FILE_A), fewer.files[0])
         cache.discard(EVENT_ID)
@@ -254,23 +264,23 @@ class EntityCacheTests(SynchronousTestCase):
         cache = EntityCache()
         cache.put(EVENT)
         held = Holdings(stored=False, statuses=frozenset([STATUS_1]))
-        cache.note_holdings(EVENT_ID, held)
+        cache.note_holdings(EVENT_ID, held, 0.0)
         cache.put(EVENT)
-        self.assertEqual(cache.holdings(EVENT_ID), held)
+        self.assertEqual(cache.take_holdings(EVENT_ID, 0.0), held)
 
     def test_holdings_go_when_the_entity_is_discarded_or_evicted(self) -> None:
         first, second = self.records(2)
         cache = EntityCache(2)
         for entity in (EVENT, first):
             cache.put(entity)
-            cache.note_holdings(entity_id(entity), Holdings(stored=False))
+            cache.note_holdings(entity_id(entity), Holdings(stored=False), 0.0)
         cache.discard(EVENT_ID)
         cache.put(EVENT)
-        self.assertIsNone(cache.holdings(EVENT_ID))
+        self.assertIsNone(cache.take_holdings(EVENT_ID, 0.0))
         cache.put(second)
         self.assertIsNone(cache.get(first.file_id))
         cache.put(first)
-        self.assertIsNone(cache.holdings(first.file_id))
+        self.assertIsNone(cache.take_holdings(first.file_id, 0.0))
 
 
 class NeedsTests(SynchronousTestCase):

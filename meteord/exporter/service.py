@@ -23,6 +23,9 @@ Choices where the specification is silent:
   `last_success` itself when a task completes).
 - A worker that takes another task marks the one it finished done and claims the next in one
   transaction (`complete_and_claim_export_tasks`), one trip to the database instead of two.
+  Each claim counts against the round's `batch_size` before it is made.
+- A file that cannot be opened or read when its upload starts (no bytes, a disk error) is an
+  entity failure saying so: this node's disk is not the importer's fault.
 - Request timeouts: `request_timeout()` for a message, `request_timeout(file size)` for an
   upload, covering sending, the reply's headers and reading its body. Time spent waiting on
   the configuration's own rate cap is added, because the importer is not the one being slow.
@@ -33,10 +36,11 @@ Choices where the specification is silent:
   connection; the import protocol is idempotent, so this is safe. A refused TLS handshake is
   not sent again.
 - Files are streamed in 256 KiB chunks read and hashed in the file store's threads, a chunk
-  ahead of what is sent (the file is opened and its first chunk read in one trip there); the last chunk is held back until the file has ended there and the
-  digest is known, so the bytes of a file that no longer matches its record are never sent
-  whole, and a size that differs from the record fails the entity before any byte is sent.
-  Either is an entity failure saying so. The bytes are checked against the record's sha256
+  ahead of what is sent (the file is opened and its first chunk read in one trip there); the
+  last chunk is held back until the file has ended there and the digest is known, so the
+  bytes of a file that no longer matches its record are never sent whole, and a size that
+  differs from the record fails the entity before any byte is sent. Either is an entity
+  failure saying so. The bytes are checked against the record's sha256
   (more than twice as fast as md5 here), or its md5 when the record has no sha256; the md5 in
   the upload's URL is the recorded one either way, and the importer checks the bytes with it.
 - `bytes_sent` counts every request body (entities, statuses and file bytes) of a completed
@@ -682,7 +686,7 @@ class ExporterService(Service):
         task: Optional[ExportTask] = None
         while True:
             if task is None:
-                if not self._may_claim(run):
+                if not self._take_claim(run):
                     return
                 task = self._claimed(run, await self.store.claim_export_tasks(
                     config.config_id, 1, self.lease_seconds))
@@ -697,14 +701,20 @@ class ExporterService(Service):
                             entity_id=task.entity_id)
                 task = None
 
-    def _may_claim(self, run: _ConfigRound) -> bool:
-        """Whether a worker of `run` takes another task now."""
-        return (run.remaining > 0 and not run.halted and not self._stopping
-                and run.config.in_window(self._now_ms()))
+    def _take_claim(self, run: _ConfigRound) -> bool:
+        """
+        Whether a worker of `run` claims another task now; if so, it is counted against the
+        round's batch at once, before the claim is made, so workers claiming together never
+        go beyond it.
+        """
+        if (run.remaining > 0 and not run.halted and not self._stopping
+                and run.config.in_window(self._now_ms())):
+            run.remaining -= 1
+            return True
+        return False
 
     def _claimed(self, run: _ConfigRound, tasks: list[ExportTask]) -> Optional[ExportTask]:
-        """Count a claim of one task; None, and no more claims this round, when it found none."""
-        run.remaining -= 1
+        """The task a claim found; None, and no more claims this round, when it found none."""
         if not tasks:
             run.remaining = 0
             return None
@@ -779,6 +789,10 @@ class ExporterService(Service):
             except FileNotStored:
                 raise _EntityProblem(
                     f"file {action.file_id} has no bytes on this node") from None
+            except OSError as e:
+                raise _EntityProblem(
+                    f"file {action.file_id} cannot be read on this node "
+                    f"({e.strerror or e})") from None
             if size != record.file_size:
                 body.close()
                 raise _EntityProblem(
@@ -888,13 +902,12 @@ class ExporterService(Service):
     async def _succeeded(self, run: _ConfigRound, task: ExportTask, sent: int,
                          round_trips: int) -> Optional[ExportTask]:
         """
-        Reset the failure count if it is not zero, then mark the task done, with the claim of
-        the worker's next task in the same trip to the store when it takes one; that task.
+        Mark the task done, with the claim of the worker's next task in the same trip to the
+        store when it takes one, then reset the failure count if it is not zero; that task.
         """
         config_id = run.config.config_id
-        await self._reset_failures(run)
         next_task = None
-        if self._may_claim(run):
+        if self._take_claim(run):
             next_task = self._claimed(run, await self.store.complete_and_claim_export_tasks(
                 task.task_id, sent, config_id, 1, self.lease_seconds))
         else:
@@ -905,6 +918,13 @@ class ExporterService(Service):
         log.debug("export {config_id}: {kind} {entity_id} complete after {round_trips} round "
                   "trips, {sent} bytes", config_id=config_id, kind=task.kind,
                   entity_id=task.entity_id, round_trips=round_trips, sent=sent)
+        try:
+            await self._reset_failures(run)
+        except Exception:
+            # The next task is claimed already: it goes ahead, and a later success resets.
+            self.round_errors += 1
+            log.failure("export {config_id}: the failure count could not be reset",
+                        config_id=config_id)
         return next_task
 
     async def _reset_failures(self, run: _ConfigRound) -> None:

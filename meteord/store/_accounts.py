@@ -599,17 +599,18 @@ def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int,
                          ) -> Operation[list[tuple[int, str, Event | FileRecord, int]]]:
     """
     `_claim`, giving each task's entity read in the same transaction (so a claim of many tasks
-    is one trip to the database, not one per task); first, the ``completed`` task (its id and
-    bytes sent) is marked done.
+    is one trip to the database, not one per task); with ``completed`` (a task id and its bytes
+    sent), that task is marked done too, last, so that the configuration's row, which it
+    updates, is locked for as short a time as may be.
     """
-    if completed is not None:
-        yield from _complete_task(*completed, now)
     claimed = yield from _claim(dialect, config_id, limit, now, lease_until)
     entities = yield from entities_by_id([(kind, entity_id) for _, kind, entity_id, _ in claimed])
     vanished = [task_id for task_id, kind, entity_id, _ in claimed
                 if (kind, entity_id) not in entities]
     if vanished:
         yield from _delete_tasks(vanished)
+    if completed is not None:
+        yield from _complete_task(*completed, now)
     return [(task_id, kind, entities[kind, entity_id], attempts)
             for task_id, kind, entity_id, attempts in claimed if (kind, entity_id) in entities]
 

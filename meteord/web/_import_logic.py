@@ -19,6 +19,8 @@ Choices where the specification is silent:
 - A ``cached_entity`` that misses the cache but names an event or file already stored is
   answered ``complete`` (the idempotency rule); any other miss is ``continue-nocache``.
 - An entity is dropped from the cache once it is answered ``complete``.
+- With each entity, the cache keeps what the store was found to hold for it and the uploads
+  stored since, for its next answer within `HOLDINGS_SECONDS` (see ``meteord.web.importer``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from meteord.model import CameraStatus, Event, FileRecord, InvalidEntity, parse_
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
+    "HOLDINGS_SECONDS",
     "MESSAGE_TYPES",
     "CachedEntityReference",
     "Entity",
@@ -51,6 +54,10 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_SIZE = 1024
+# How long what the store held for an entity is trusted for its next answer: long enough for
+# its uploads, short enough that bytes removed meanwhile (``fsck --repair`` of orphans, a
+# rollback) are hardly ever missed.
+HOLDINGS_SECONDS = 60.0
 MESSAGE_TYPES = ("cached_entity", "event", "file", "status")
 
 Entity = Union[Event, FileRecord]
@@ -191,8 +198,9 @@ class EntityCache:
     The entities received in full, most recently used last, at most ``size`` of them, so that
     ``cached_entity`` can be resolved and uploads checked against their file records; with
     each, what the store was last found to hold for it, plus the bytes stored since (facts
-    about ids, so they stay when the entity is sent again). The entities holding each file id
-    are indexed, so an upload costs the same however full the cache is.
+    about ids, so they stay when the entity is sent again), for one answer within
+    `HOLDINGS_SECONDS`. The entities holding each file id are indexed, so an upload costs the
+    same however full the cache is.
     """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -201,6 +209,7 @@ class EntityCache:
         self.size = size
         self._entities: OrderedDict[str, Entity] = OrderedDict()
         self._holdings: dict[str, Holdings] = {}
+        self._noted: dict[str, float] = {}
         self._holders: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
@@ -227,14 +236,23 @@ class EntityCache:
             if not holders:
                 del self._holders[file_id]
 
-    def note_holdings(self, key: str, holdings: Holdings) -> None:
-        """Remember what the store holds for a held entity, as just asked."""
+    def note_holdings(self, key: str, holdings: Holdings, now: float) -> None:
+        """Remember what the store holds for a held entity, as asked at ``now`` (seconds)."""
         if key in self._entities:
             self._holdings[key] = holdings
+            self._noted[key] = now
 
-    def holdings(self, key: str) -> Optional[Holdings]:
-        """What the store held for that entity when last asked, with the bytes stored since."""
-        return self._holdings.get(key)
+    def take_holdings(self, key: str, now: float) -> Optional[Holdings]:
+        """
+        What the store held for that entity when last asked, with the bytes stored since, if
+        asked less than `HOLDINGS_SECONDS` before ``now``; forgotten either way, so they serve
+        one answer at most.
+        """
+        holdings = self._holdings.pop(key, None)
+        noted = self._noted.pop(key, None)
+        if holdings is None or noted is None or now - noted >= HOLDINGS_SECONDS:
+            return None
+        return holdings
 
     def bytes_stored(self, file_id: str) -> None:
         """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""
@@ -255,6 +273,7 @@ class EntityCache:
         """Forget an entity (once it is stored)."""
         self._forget(key)
         self._holdings.pop(key, None)
+        self._noted.pop(key, None)
 
     def file_record(self, file_id: str) -> Optional[FileRecord]:
         """The record of a file as the most recently received entity holding it gives it."""
