@@ -264,7 +264,7 @@ class IMeteorStore(Interface):
 
     def complete_and_claim_export_tasks(task_id, bytes_sent, config_id, limit, lease_seconds):
         """
-        ``complete_export_task`` then ``claim_export_tasks`` as one transaction: neither
+        ``complete_export_task`` and ``claim_export_tasks`` as one transaction: neither
         happens if either fails. -> [ExportTask]
         """
 

@@ -438,6 +438,13 @@ class ExporterTestMixin:
             return d
         return None
 
+    def config_with_events(self, count: int) -> ExportConfiguration:
+        """A configuration that selects ``count`` events of no files."""
+        config = self.store.add_config(export_config())
+        for _ in range(count):
+            self.event_with_files(config)
+        return config
+
     def event_with_files(self, config: ExportConfiguration, *sizes: int) -> Event:
         status = self.store.add_status()
         files = tuple(self.store.add_file(os.urandom(size), status) for size in sizes)
@@ -558,9 +565,7 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
                          ["HTTP 422 from importer: bad", "HTTP 400 from importer: bad"])
 
     def test_garbage_replies_are_entity_failures(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(3):
-            self.event_with_files(config)
+        config = self.config_with_events(3)
         bodies = iter([b"<html>oops</html>", b"[1, 2]", b'{"state": "maybe"}'])
         self.run_once(lambda r: (200, next(bodies)), concurrency=1)
         self.assertEqual([t.last_error for t in self.store.tasks_of(config)],
@@ -817,9 +822,7 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
     """Back-off, disabling and their arithmetic, as the service stores them."""
 
     def test_http_500_releases_and_defers(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(3):
-            self.event_with_files(config)
+        config = self.config_with_events(3)
         service = self.run_once(lambda r: (500, b"oops"), concurrency=1)
         self.assertEqual(len(self.importer.requests), 1)
         self.assertEqual(self.state(config), ["pending"] * 3)
@@ -872,9 +875,7 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.assertFalse(self.store.configs[config.config_id].enabled)
 
     def test_one_outage_with_many_in_flight_counts_once(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(4):
-            self.event_with_files(config)
+        config = self.config_with_events(4)
         replies: list[Deferred] = []
 
         def handler(request: FakeRequest) -> Reply:
@@ -891,9 +892,7 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
                             for t in self.store.tasks_of(config)))
 
     def test_success_resets_the_count(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(2):
-            self.event_with_files(config)
+        config = self.config_with_events(2)
         replies = iter([(500, b""), (200, {"state": "complete"}), (200, {"state": "complete"})])
         self.run_once(lambda r: next(replies), concurrency=1)
         self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 1)
@@ -1057,17 +1056,13 @@ class LoopTests(ExporterTestMixin, TestCase):
     """Rounds: re-run while there is work, never overlap, survive errors, stop cleanly."""
 
     def test_rounds_repeat_at_once_while_there_is_work(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(7):
-            self.event_with_files(config)
+        config = self.config_with_events(7)
         service = self.run_once(complete, batch_size=2, concurrency=2)
         self.assertEqual(self.state(config), ["done"] * 7)
         self.assertEqual(service.rounds, 5)
 
     def test_a_worker_completes_a_task_and_claims_its_next_in_one_trip(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(5):
-            self.event_with_files(config)
+        config = self.config_with_events(5)
         service = self.run_once(complete, batch_size=3, concurrency=1)
         self.assertEqual(self.state(config), ["done"] * 5)
         # Rounds of 3 and 2 tasks, then one that finds none. A round's first claim is on its
@@ -1076,20 +1071,20 @@ class LoopTests(ExporterTestMixin, TestCase):
         self.assertEqual((service.rounds, self.store.claims, self.store.combined), (3, 5, 4))
 
     def test_workers_claiming_together_stay_within_the_batch(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(5):
-            self.event_with_files(config)
+        self.config_with_events(5)
         claims: list[Deferred] = []
-        self.patch(self.store, "claim_export_tasks", lambda *args: claims.append(Deferred())
-                   or claims[-1])
+
+        def slow_claim(*args: Any) -> Deferred:
+            claims.append(Deferred())
+            return claims[-1]
+
+        self.patch(self.store, "claim_export_tasks", slow_claim)
         self.run_once(complete, batch_size=1, concurrency=4)
         self.assertEqual(len(claims), 1)
         claims[0].callback([])
 
     def test_concurrency_per_configuration(self) -> None:
-        config = self.store.add_config(export_config())
-        for _ in range(10):
-            self.event_with_files(config)
+        self.config_with_events(10)
         pending: list[Deferred] = []
 
         def handler(request: FakeRequest) -> Reply:

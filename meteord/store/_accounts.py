@@ -229,7 +229,7 @@ class AccountOperations:
                                         limit: int, lease_seconds: float
                                         ) -> Deferred[list[ExportTask]]:
         """
-        `complete_export_task` then `claim_export_tasks`, in one transaction: a worker done
+        `complete_export_task` and `claim_export_tasks` in one transaction: a worker done
         with one task takes its next in one trip to the database. Neither happens if either
         fails.
         """
