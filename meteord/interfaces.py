@@ -265,7 +265,8 @@ class IMeteorStore(Interface):
     def complete_and_claim_export_tasks(task_id, bytes_sent, config_id, limit, lease_seconds):
         """
         ``complete_export_task`` and ``claim_export_tasks`` as one transaction: neither
-        happens if either fails. -> [ExportTask]
+        happens if either fails, and the completed task is never among those claimed, even
+        if its lease has run out. -> [ExportTask]
         """
 
     def fail_export_task(task_id, reason):

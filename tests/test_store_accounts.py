@@ -491,6 +491,18 @@ class ExportTaskTests:
             "last_success": NOW_MS + 5000, "next_attempt": NOW_MS, "bytes_sent": 1000})
         self.assertEqual([t.entity_id for t in await self.claim()], [newest])
 
+    async def test_complete_and_claim_never_claims_the_task_it_completes(self) -> None:
+        """Even when the completed task's lease has run out, the claim takes only others."""
+        oldest, middle = await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        (first,) = await self.claim(limit=1, lease_seconds=60)
+        self.clock.advance(61)
+        claimed = await self.store.complete_and_claim_export_tasks(
+            first.task_id, 10, self.config.config_id, 2, 60)
+        self.assertEqual([t.entity_id for t in claimed], [middle])
+        status = await self.status()
+        self.assertEqual((status["pending"], status["done"], status["bytes_sent"]), (1, 1, 10))
+
     async def test_complete_and_claim_of_an_unknown_task_claims_nothing(self) -> None:
         await self.add_events(1, 2)
         await self.store.mark_entities_to_export(self.config)

@@ -600,9 +600,12 @@ def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int,
     """
     `_claim`, giving each task's entity read in the same transaction (so a claim of many tasks
     is one trip to the database, not one per task); with ``completed`` (a task id and its bytes
-    sent), that task is marked done too, last, so that the configuration's row, which it
-    updates, is locked for as short a time as may be.
+    sent), that task is marked done too: first, so that the claim cannot take it again even
+    if its lease has run out, and its success counted on the configuration's row last, so
+    that the row is locked for as short a time as may be.
     """
+    if completed is not None:
+        yield from _mark_done(completed[0])
     claimed = yield from _claim(dialect, config_id, limit, now, lease_until)
     entities = yield from entities_by_id([(kind, entity_id) for _, kind, entity_id, _ in claimed])
     vanished = [task_id for task_id, kind, entity_id, _ in claimed
@@ -610,7 +613,7 @@ def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int,
     if vanished:
         yield from _delete_tasks(vanished)
     if completed is not None:
-        yield from _complete_task(*completed, now)
+        yield from _count_success(*completed, now)
     return [(task_id, kind, entities[kind, entity_id], attempts)
             for task_id, kind, entity_id, attempts in claimed if (kind, entity_id) in entities]
 
@@ -620,11 +623,20 @@ def _delete_tasks(task_ids: list[int]) -> Operation[None]:
 
 
 def _complete_task(task_id: int, bytes_sent: int, now: int) -> Operation[None]:
+    yield from _mark_done(task_id)
+    yield from _count_success(task_id, bytes_sent, now)
+
+
+def _mark_done(task_id: int) -> Operation[None]:
     result = yield Query(
         "UPDATE export_tasks SET state = 'done', lease_until = NULL, last_error = NULL "
         "WHERE id = ?", (task_id,))
     if result.rowcount == 0:
         raise EntityNotFound(str(task_id), "Export task")
+
+
+def _count_success(task_id: int, bytes_sent: int, now: int) -> Operation[None]:
+    """Add a done task's bytes and time to its configuration's totals."""
     yield Query(
         "UPDATE export_configs SET bytes_sent = bytes_sent + ?, last_success = ? "
         "WHERE id = (SELECT config_pk FROM export_tasks WHERE id = ?)",
