@@ -48,4 +48,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--trips", type=int, default=20_000)
     arguments = parser.parse_args()
+    if arguments.trips < CONCURRENCY:
+        parser.error(f"--trips must be at least {CONCURRENCY}")
     task.react(main, (arguments.trips,))

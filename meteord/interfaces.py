@@ -52,8 +52,9 @@ class IFileStore(Interface):
 
     def read(f, size, digest=None):
         """
-        The next C{size} bytes (fewer at the end) of a file C{open} returned, read off the
-        reactor thread, and added there to C{digest} (a C{hashlib} object) when given.
+        The next C{size} bytes (fewer at the end) of a file C{open} or C{open_and_read}
+        returned, read off the reactor thread, and added there to C{digest} (a C{hashlib}
+        object) when given.
 
         @return: a Deferred firing with the bytes.
         """

@@ -891,6 +891,31 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.assertTrue(all(t.due == self.clock.seconds() + 1800
                             for t in self.store.tasks_of(config)))
 
+    def test_a_failed_reset_loses_no_claimed_task(self) -> None:
+        """
+        The reset after a success runs once the next task is claimed: if it fails, that task
+        is still exported, and a later success resets the count.
+        """
+        config = self.config_with_events(3)
+        self.store.outcomes[config.config_id] = attrs.evolve(
+            self.store.outcomes[config.config_id], consecutive_failures=1)
+        record = self.store.record_export_outcome
+        calls = []
+
+        def record_failing_once(config_id: str, outcome: ExportOutcome) -> Deferred:
+            calls.append(outcome.consecutive_failures)
+            if len(calls) == 1:
+                return fail(RuntimeError("database gone"))
+            return record(config_id, outcome)
+
+        self.store.record_export_outcome = record_failing_once
+        service = self.run_once(complete, concurrency=1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(service.round_errors, 1)
+        self.assertEqual(self.state(config), ["done", "done", "done"])
+        self.assertEqual(calls, [0, 0])
+        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
+
     def test_success_resets_the_count(self) -> None:
         config = self.config_with_events(2)
         replies = iter([(500, b""), (200, {"state": "complete"}), (200, {"state": "complete"})])

@@ -409,10 +409,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual(self.tmp_entries(), [])
 
     async def test_an_upload_asks_the_store_nothing_before_its_commit(self) -> None:
-        asked = []
-        for owner, name in ((self.store, "has_file_id"), (self.store.file_store, "exists"),
-                            (self.store.file_store, "existing")):
-            self.patch(owner, name, lambda *args, name=name: asked.append(name))
+        asked = self.questions()
         self.assertEqual(await self.upload(FILE_A, self.data[FILE_A]),
                          (200, {"state": "continue"}))
         self.assertEqual(asked, [])

@@ -193,7 +193,8 @@ class _FileBody:
     async def open(self) -> int:
         """
         Open the file and read its first chunk, in one trip to the file store's threads;
-        returns the file's size on disk. Fails with `FileNotStored`.
+        returns the file's size on disk. Fails with `FileNotStored` when the store has
+        no bytes for it, or with `OSError` when the disk refuses them.
         """
         size = self._chunk_size(0)
         self._file, on_disk, chunk = await self._file_store.open_and_read(

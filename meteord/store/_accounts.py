@@ -608,6 +608,8 @@ def _claim_with_entities(dialect: Dialect, config_id: str, limit: int, now: int,
         yield from _mark_done(completed[0])
     claimed = yield from _claim(dialect, config_id, limit, now, lease_until)
     entities = yield from entities_by_id([(kind, entity_id) for _, kind, entity_id, _ in claimed])
+    # On PostgreSQL each statement sees what is committed when it starts, so an entity found
+    # by the claim can still be gone when it is read.
     vanished = [task_id for task_id, kind, entity_id, _ in claimed
                 if (kind, entity_id) not in entities]
     if vanished:

@@ -17,8 +17,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 K = TypeVar("K", bound=Hashable)
-KEYS_A_RUN = 32
 V = TypeVar("V")
+KEYS_A_RUN = 32
 
 
 @attrs.define(eq=False)

@@ -555,18 +555,19 @@ def _get_file(file_id: str) -> Operation[Optional[FileRecord]]:
 def entities_by_id(keys: Sequence[tuple[str, str]]) -> Operation[dict[tuple[str, str], Any]]:
     """
     The stored events and file records of ``(kind, public id)`` keys (kind ``event`` or
-    ``file``), by key; events are read 32 to a statement, as the batched reads do.
+    ``file``), by key; events are read 32 to a statement, as the batched reads do, and file
+    records all in one.
     """
     found: dict[tuple[str, str], Any] = {}
     event_ids = list(dict.fromkeys(entity_id for kind, entity_id in keys if kind == "event"))
-    for start in range(0, len(event_ids), KEYS_A_RUN):
-        events = yield from _get_events(event_ids[start:start + KEYS_A_RUN], _ENTITIES)
+    for chunk in _chunks(event_ids, KEYS_A_RUN):
+        events = yield from _get_events(chunk, _ENTITIES)
         found.update((("event", event_id), event) for event_id, event in events.items())
-    for kind, file_id in keys:
-        if kind == "file":
-            record = yield from _get_file(file_id)
-            if record is not None:
-                found["file", file_id] = record
+    file_ids = list(dict.fromkeys(entity_id for kind, entity_id in keys if kind == "file"))
+    rows = yield from _select_in(
+        f"SELECT {_FILE_SELECT} FROM files f WHERE f.file_id IN ({{ids}})", file_ids)
+    for record in (yield from _files_from_rows(rows)):
+        found["file", record.file_id] = record
     return found
 
 

@@ -550,11 +550,11 @@ class FileStore:
 
     def read(self, f: BinaryIO, size: int, digest: Any = None) -> Deferred[bytes]:
         """
-        The next C{size} bytes (fewer at the end) of a file that C{open} returned, read in a
-        thread; C{digest} (a C{hashlib} object), when given, is updated with them there.
-        Their memory is allocated on the calling thread: the allocator keeps memory freed in a
-        worker thread for that thread, so bytes held while they are sent, as an upload does,
-        would leave every pool thread holding its own share.
+        The next C{size} bytes (fewer at the end) of a file that C{open} or C{open_and_read}
+        returned, read in a thread; C{digest} (a C{hashlib} object), when given, is updated
+        with them there. Their memory is allocated on the calling thread: the allocator keeps
+        memory freed in a worker thread for that thread, so bytes held while they are sent,
+        as an upload does, would leave every pool thread holding its own share.
         """
         buffer = bytearray(size)
         return self._run(_read_into, f, buffer, digest).addCallback(
@@ -738,7 +738,6 @@ class BackgroundUpload:
         self._tmp_path: str | None = None
         self._out: BinaryIO | None = None
         self._digests = _Digests()
-        self._bytes_written = 0
         self._written_back = 0
 
     @property
@@ -787,12 +786,11 @@ class BackgroundUpload:
         for chunk in batch:
             self._out.write(chunk)
             self._digests.update(chunk)
-            self._bytes_written += len(chunk)
-        if self._bytes_written - self._written_back >= WRITEBACK_BYTES:
+        written = self._digests.size
+        if written - self._written_back >= WRITEBACK_BYTES:
             self._out.flush()
-            start_writeback(self._out.fileno(), self._written_back,
-                            self._bytes_written - self._written_back)
-            self._written_back = self._bytes_written
+            start_writeback(self._out.fileno(), self._written_back, written - self._written_back)
+            self._written_back = written
 
     def _batch_written(self, result: object, batch: list[bytes]) -> None:
         self._writing = False

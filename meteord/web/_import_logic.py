@@ -199,8 +199,9 @@ class EntityCache:
     ``cached_entity`` can be resolved and uploads checked against their file records; with
     each, what the store was last found to hold for it, plus the bytes stored since (facts
     about ids, so they stay when the entity is sent again), for one answer within
-    `HOLDINGS_SECONDS`. The entities holding each file id are indexed, so an upload costs the
-    same however full the cache is.
+    `HOLDINGS_SECONDS`. The entities holding each file id are indexed, so an upload of a file
+    that one held entity has costs the same however full the cache is (a file several hold
+    is looked up in their order of use).
     """
 
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
@@ -208,8 +209,8 @@ class EntityCache:
             raise ValueError("the entity cache holds at least one entity")
         self.size = size
         self._entities: OrderedDict[str, Entity] = OrderedDict()
-        self._holdings: dict[str, Holdings] = {}
-        self._noted: dict[str, float] = {}
+        # Per held entity: what the store holds for it, and when (seconds) that was asked.
+        self._holdings: dict[str, tuple[Holdings, float]] = {}
         self._holders: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
@@ -239,8 +240,7 @@ class EntityCache:
     def note_holdings(self, key: str, holdings: Holdings, now: float) -> None:
         """Remember what the store holds for a held entity, as asked at ``now`` (seconds)."""
         if key in self._entities:
-            self._holdings[key] = holdings
-            self._noted[key] = now
+            self._holdings[key] = (holdings, now)
 
     def take_holdings(self, key: str, now: float) -> Optional[Holdings]:
         """
@@ -248,19 +248,19 @@ class EntityCache:
         asked less than `HOLDINGS_SECONDS` before ``now``; forgotten either way, so they serve
         one answer at most.
         """
-        holdings = self._holdings.pop(key, None)
-        noted = self._noted.pop(key, None)
-        if holdings is None or noted is None or now - noted >= HOLDINGS_SECONDS:
+        held = self._holdings.pop(key, None)
+        if held is None or now - held[1] >= HOLDINGS_SECONDS:
             return None
-        return holdings
+        return held[0]
 
     def bytes_stored(self, file_id: str) -> None:
         """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""
         for key in self._holders.get(file_id, ()):
-            holdings = self._holdings.get(key)
-            if holdings is not None and file_id not in holdings.file_bytes:
-                self._holdings[key] = attrs.evolve(
-                    holdings, file_bytes=holdings.file_bytes | {file_id})
+            held = self._holdings.get(key)
+            if held is not None and file_id not in held[0].file_bytes:
+                holdings, noted = held
+                self._holdings[key] = (
+                    attrs.evolve(holdings, file_bytes=holdings.file_bytes | {file_id}), noted)
 
     def get(self, key: str) -> Optional[Entity]:
         """The entity with that id, marked as just used; None when not held."""
@@ -273,7 +273,6 @@ class EntityCache:
         """Forget an entity (once it is stored)."""
         self._forget(key)
         self._holdings.pop(key, None)
-        self._noted.pop(key, None)
 
     def file_record(self, file_id: str) -> Optional[FileRecord]:
         """The record of a file as the most recently received entity holding it gives it."""
