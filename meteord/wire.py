@@ -1,5 +1,6 @@
 """
-JSON encoding and decoding for everything meteord sends or receives.
+JSON encoding and decoding for everything meteord sends or receives, and the one header meteord
+adds to the MeteorPi import protocol (`ENTITY_HEADER`).
 
 The published MeteorPi client parses responses with a YAML 1.1 parser, which reads ``1e-05``
 as a string, so floats are written in positional notation and always with a ``.`` (or as an
@@ -22,7 +23,12 @@ try:
 except ImportError:  # no wheel for this machine (setup.py leaves it out on armv6)
     orjson = None
 
-__all__ = ["InvalidJSON", "decode_json", "encode_json", "format_float"]
+__all__ = ["ENTITY_HEADER", "InvalidJSON", "decode_json", "encode_json", "format_float"]
+
+# Sent by meteord's exporter with each upload: the id of the entity the file is uploaded for,
+# so that meteord's importer can store that entity with its last file and answer ``complete``
+# (see ``meteord.web.importer``). Other importers ignore it.
+ENTITY_HEADER = "Meteord-Entity"
 
 _encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 

@@ -172,6 +172,30 @@ class SequenceTests(SynchronousTestCase):
         self.assertEqual(protocol.on_reply(200, _reply(state="continue")),
                          SendEntity({"type": "file", "file": record}))
 
+    def test_upload_answered_complete_is_done(self):
+        # meteord's importer stored the entity the upload named: nothing more is sent, not
+        # even the second file's upload.
+        protocol = _started()
+        protocol.on_reply(200, _reply(state="need_file_data", file_id=FILE_A,
+                                      file_ids=[FILE_A, FILE_B]))
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), Done())
+        self.assertEqual(protocol.round_trips, 2)
+
+    def test_last_upload_answered_complete_is_done(self):
+        protocol = _started()
+        protocol.on_reply(200, _reply(state="need_file_data", file_id=FILE_A,
+                                      file_ids=[FILE_A, FILE_B]))
+        self.assertEqual(protocol.on_reply(200, _reply(state="continue")),
+                         UploadFile(FILE_B, "b" * 32))
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), Done())
+        self.assertEqual(protocol.round_trips, 3)
+
+    def test_status_answered_complete_sends_the_entity_again(self):
+        # A status send names no entity, so "complete" says nothing about this one.
+        protocol = _started()
+        protocol.on_reply(200, _reply(state="need_status", status_id=STATUS_EVENT))
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), FULL_EVENT)
+
     def test_status_reply_with_non_json_body_is_success(self):
         protocol = _started()
         protocol.on_reply(200, _reply(state="need_status", status_id=STATUS_EVENT))

@@ -497,13 +497,31 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
             self.assertEqual(upload.url,
                              f"{TARGET}/data/{record.file_id}/{record.md5}")
             self.assertEqual(upload.headers[b"Content-Type"], [b"application/octet-stream"])
+            self.assertEqual(upload.headers[b"Meteord-Entity"], [event.event_id.encode()])
             with open(self.store.file_store.path(record.file_id), "rb") as f:
                 self.assertEqual(upload.body, f.read())
+        self.assertEqual([b"Meteord-Entity" in r.headers for r in self.importer.requests],
+                         [t == "upload" for t in types])
         self.assertEqual(self.state(config), ["done"])
         self.assertIn(event.event_id, importer.entities)
         sent = sum(len(r.body) for r in self.importer.requests)
         self.assertEqual(self.store.tasks_of(config)[0].bytes_sent, sent)
         self.assertEqual(service.counters[config.config_id].round_trips, 6)
+
+    def test_an_upload_answered_complete_ends_the_export(self) -> None:
+        config = self.store.add_config(export_config())
+        event = self.event_with_files(config, 1000, 2000)
+
+        def importer(request: FakeRequest) -> Reply:
+            if "/data/" in request.url:
+                return 200, {"state": "complete"}
+            ids = [f.file_id for f in event.files]
+            return 200, {"state": "need_file_data", "file_id": ids[0], "file_ids": ids}
+
+        service = self.run_once(importer)
+        self.assertEqual([r.type for r in self.importer.requests], ["event", "upload"])
+        self.assertEqual(self.state(config), ["done"])
+        self.assertEqual(service.counters[config.config_id].round_trips, 2)
 
     def test_stand_alone_file(self) -> None:
         config = self.store.add_config(export_config(type="file"))

@@ -32,6 +32,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
+from meteord.errors import ConstraintViolation
 from meteord.exporter.protocol import (
     Done, ExportProtocol, SendCachedEntity, SendEntity, SendStatus, UploadFile)
 from meteord.model import (
@@ -157,9 +158,14 @@ class ImporterFixture:
             code, reply = await self.post(url, data, b"application/octet-stream", headers)
         return code, json.loads(reply)
 
-    async def export(self, kind: str, entity: Any) -> tuple[Any, int]:
-        """Drive meteord's exporter protocol for one entity; the end and the round trips."""
+    async def export(self, kind: str, entity: Any,
+                     name_entity: bool = True) -> tuple[Any, int]:
+        """
+        Drive meteord's exporter protocol for one entity; the end and the round trips. Uploads
+        name the entity, as meteord's exporter does, unless ``name_entity`` is false.
+        """
         protocol = ExportProtocol(kind, entity.to_dict())
+        named = {**AUTH, b"Meteord-Entity": [protocol.entity_id.encode()]}
         action = protocol.start()
         while isinstance(action, (SendEntity, SendCachedEntity, SendStatus, UploadFile)):
             if isinstance(action, (SendEntity, SendCachedEntity)):
@@ -173,7 +179,8 @@ class ImporterFixture:
             else:
                 code, body = await self.post(
                     f"{self.url}/data/{action.file_id}/{action.md5}",
-                    self.data[action.file_id], b"application/octet-stream")
+                    self.data[action.file_id], b"application/octet-stream",
+                    named if name_entity else None)
             action = protocol.on_reply(code, body)
         return action, protocol.round_trips
 
@@ -205,11 +212,18 @@ class ProtocolTests(ImporterFixture):
     """The protocol end to end, run on both back ends."""
 
     async def test_event_needing_status_and_two_files_completes(self) -> None:
-        # event -> need_status; status; event -> need_file_data (both named); two uploads;
-        # event -> complete.
+        # event -> need_status; status; event -> need_file_data (both named); upload A ->
+        # continue; upload B, naming the event -> complete.
         end, round_trips = await self.export("event", self.event)
         self.assertEqual(end, Done())
-        self.assertEqual(round_trips, 6)
+        self.assertEqual(round_trips, 5)
+        await self.assert_event_stored()
+
+    async def test_uploads_naming_no_entity_need_the_entity_sent_again(self) -> None:
+        # As with an exporter that does not send the header: ... upload B -> continue;
+        # event -> complete.
+        end, round_trips = await self.export("event", self.event, name_entity=False)
+        self.assertEqual((end, round_trips), (Done(), 6))
         await self.assert_event_stored()
 
     async def test_same_event_pushed_twice_is_stored_once(self) -> None:
@@ -232,8 +246,8 @@ class ProtocolTests(ImporterFixture):
         end, _ = await self.export("file", self.records[FILE_A])
         self.assertEqual(end, Done())
         end, round_trips = await self.export("event", self.event)
-        # event -> need_file_data (B only); upload B; event -> complete.
-        self.assertEqual((end, round_trips), (Done(), 3))
+        # event -> need_file_data (B only); upload B -> complete.
+        self.assertEqual((end, round_trips), (Done(), 2))
         self.assertEqual((await self.store.search_files(FileRecordSearch()))["count"], 2)
         await self.assert_event_stored()
 
@@ -281,6 +295,82 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         for file_id, data in self.data.items():
             self.assertEqual(await self.upload(file_id, data), (200, {"state": "continue"}))
         return self.questions()
+
+    async def start_naming(self) -> dict[bytes, list[bytes]]:
+        """Send the status and the event; the headers of an upload naming the event."""
+        await self.send({"type": "status", "status": STATUS.to_dict()})
+        code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
+        self.assertEqual(reply["file_ids"], [FILE_A, FILE_B])
+        return {**AUTH, b"Meteord-Entity": [EVENT_ID.encode()]}
+
+    async def test_the_upload_completing_its_named_entity_stores_it(self) -> None:
+        named = await self.start_naming()
+        self.assertEqual(await self.upload(FILE_A, self.data[FILE_A], headers=named),
+                         (200, {"state": "continue"}))
+        self.assertFalse(await self.store.has_event_id(EVENT_ID))
+        asked = self.questions()
+        self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
+                         (200, {"state": "complete"}))
+        self.assertEqual(asked, [])
+        await self.assert_event_stored()
+        self.assertIsNone(self.api.cache.get(EVENT_ID))
+
+    async def test_an_upload_naming_no_entity_stores_none(self) -> None:
+        await self.upload_all_asked_for()
+        self.assertFalse(await self.store.has_event_id(EVENT_ID))
+
+    async def test_an_upload_naming_an_entity_not_held_is_continue(self) -> None:
+        named = await self.start_naming()
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        self.serve(self.new_api())
+        self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
+                         (200, {"state": "continue"}))
+        self.assertFalse(await self.store.has_event_id(EVENT_ID))
+        self.assertEqual(self.store.file_path_for_id(FILE_B).getContent(), self.data[FILE_B])
+
+    async def test_an_upload_naming_an_entity_without_that_file_is_continue(self) -> None:
+        # The event lacks no file but B once A is in; C is not one of its files.
+        named = await self.start_naming()
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        source = FilePath(self.mktemp())
+        source.setContent(self.data[FILE_B])
+        await self.store.file_store.add_from_path(source, FILE_B)
+        self.api.cache.bytes_stored(FILE_B)
+        self.assertEqual(await self.upload(FILE_C, b"another file", headers=named),
+                         (200, {"state": "continue"}))
+        self.assertFalse(await self.store.has_event_id(EVENT_ID))
+
+    async def test_an_upload_naming_an_entity_still_lacking_a_file_is_continue(self) -> None:
+        named = await self.start_naming()
+        asked = self.questions()
+        self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
+                         (200, {"state": "continue"}))
+        self.assertEqual(asked, [])
+        self.assertFalse(await self.store.has_event_id(EVENT_ID))
+
+    async def test_a_named_entity_the_store_refuses_is_continue_then_failed(self) -> None:
+        named = await self.start_naming()
+
+        async def refuse(event: Event, user_id: str) -> None:
+            raise ConstraintViolation("no such camera here")
+
+        self.patch(self.store, "import_event", refuse)
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
+                         (200, {"state": "continue"}))
+        code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
+        self.assertEqual((code, reply["state"]), (200, "failed"))
+        self.assertIn("no such camera here", reply["message"])
+
+    async def test_a_malformed_entity_header_is_400_and_stores_nothing(self) -> None:
+        await self.start_naming()
+        for value in (b"not-an-id", b"e" * 31, b""):
+            code, reply = await self.upload(
+                FILE_A, self.data[FILE_A], headers={**AUTH, b"Meteord-Entity": [value]})
+            self.assertEqual(code, 400)
+            self.assertIn("Meteord-Entity", reply["message"])
+        self.assertFalse(await self.store.file_store.exists(FILE_A))
+        self.assertEqual(self.tmp_entries(), [])
 
     async def test_an_entity_sent_again_after_its_uploads_asks_the_store_nothing(self) -> None:
         asked = await self.upload_all_asked_for()

@@ -260,6 +260,21 @@ class EntityCacheTests(SynchronousTestCase):
         cache.get(EVENT_ID)
         self.assertEqual(cache.file_record(FILE_B), EVENT.files[1])
 
+    def test_can_import_once_the_remembered_holdings_and_uploads_cover_the_entity(
+            self) -> None:
+        cache = EntityCache()
+        self.assertFalse(cache.can_import(EVENT_ID, 0.0))
+        cache.put(EVENT)
+        statuses = frozenset(wanted_status_ids(EVENT, ()))
+        cache.note_holdings(EVENT_ID, Holdings(stored=False, statuses=statuses), 10.0)
+        cache.bytes_stored(FILE_A)
+        self.assertFalse(cache.can_import(EVENT_ID, 10.0))
+        cache.bytes_stored(FILE_B)
+        self.assertTrue(cache.can_import(EVENT_ID, 10.0))
+        self.assertTrue(cache.can_import(EVENT_ID, 9.9 + HOLDINGS_SECONDS))
+        self.assertFalse(cache.can_import(EVENT_ID, 10.0 + HOLDINGS_SECONDS))
+        self.assertIsNotNone(cache.take_holdings(EVENT_ID, 10.0), "asking took the holdings")
+
     def test_holdings_stay_when_the_entity_is_sent_again(self) -> None:
         cache = EntityCache()
         cache.put(EVENT)

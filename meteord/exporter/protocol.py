@@ -29,6 +29,11 @@ Choices where the specification is silent:
   this configuration right now, which is what back-off and disabling are for.
 - A 2xx reply to a status send or an upload is success whatever its body (old importers do not
   all answer with JSON), unless the body is a JSON object whose `state` is `failed`.
+- A reply `complete` to an upload ends the export as `Done`: the upload named its entity
+  (`meteord.wire.ENTITY_HEADER`), and meteord's importer answers so only once it has stored
+  that entity with the file, so sending the entity again would only be answered `complete`.
+  Other importers answer uploads `continue` (or ignore the header's meaning altogether), and
+  the entity is sent again as before.
 """
 
 import json
@@ -203,10 +208,13 @@ class ExportProtocol:
 
     def _after_sub_request(self, request: Request, body: bytes) -> Action:
         reply = _parse_reply(body)
-        if isinstance(reply, dict) and reply.get("state") == "failed":
+        state = reply.get("state") if isinstance(reply, dict) else None
+        if state == "failed":
             what = (f"status {request.status_id}" if isinstance(request, SendStatus)
                     else f"file {request.file_id}")
             return EntityFailed(f"importer refused {what}: {_message(reply)}")
+        if state == "complete" and isinstance(request, UploadFile):
+            return Done()
         return self._next_upload_or_entity()
 
     def _next_upload_or_entity(self) -> Action:

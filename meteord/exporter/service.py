@@ -94,6 +94,7 @@ from meteord.model import (
     ExportConfiguration, ExportOutcome, ExportStatus, ExportTask, FileRecord, datetime_to_ms,
     ms_to_datetime)
 from meteord.store.files import FileNotStored
+from meteord.wire import ENTITY_HEADER
 
 log = Logger()
 
@@ -802,7 +803,8 @@ class ExporterService(Service):
             return body
 
         code, body = await self._post(run, task, url, b"application/octet-stream", open_body,
-                                      request_timeout(record.file_size), lease_end)
+                                      request_timeout(record.file_size), lease_end,
+                                      entity_id=task.entity_id)
         return code, body, record.file_size
 
     async def _post_json(self, run: _ConfigRound, task: ExportTask, data: bytes,
@@ -818,22 +820,30 @@ class ExporterService(Service):
     async def _post(self, run: _ConfigRound, task: ExportTask, url: Union[str, EncodedURL],
                     content_type: bytes,
                     open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
-                    timeout: float, lease_end: float) -> tuple[int, bytes]:
-        """POST with a timeout, once more if the connection was lost before any response."""
+                    timeout: float, lease_end: float,
+                    entity_id: Optional[str] = None) -> tuple[int, bytes]:
+        """
+        POST with a timeout, once more if the connection was lost before any response; an
+        upload names the entity it is for (`entity_id`) in the `ENTITY_HEADER`.
+        """
+        headers = {b"Content-Type": [content_type],
+                   b"Authorization": [_basic_auth(run.config.user_id, run.config.password)]}
+        if entity_id is not None:
+            headers[ENTITY_HEADER.encode("ascii")] = [entity_id.encode("ascii")]
         try:
-            return await self._exchange(run, url, content_type, open_body, timeout, lease_end)
+            return await self._exchange(run, url, headers, open_body, timeout, lease_end)
         except _StaleConnection as e:
             self.counters[run.config.config_id].retried_requests += 1
             log.info("export {config_id}: {kind} {entity_id}: {reason}; sending again",
                      config_id=run.config.config_id, kind=task.kind, entity_id=task.entity_id,
                      reason=str(e))
         try:
-            return await self._exchange(run, url, content_type, open_body, timeout, lease_end)
+            return await self._exchange(run, url, headers, open_body, timeout, lease_end)
         except _StaleConnection as e:
             raise _TransportProblem(str(e)) from None
 
     async def _exchange(self, run: _ConfigRound, url: Union[str, EncodedURL],
-                        content_type: bytes,
+                        headers: dict[bytes, list[bytes]],
                         open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
                         timeout: float, lease_end: float) -> tuple[int, bytes]:
         if self._stopping:
@@ -848,8 +858,6 @@ class ExporterService(Service):
             raise _Stopping()
         deadline = _Deadline(self._clock, timeout, lease_end)
         deadlines.append(deadline)
-        headers = {b"Content-Type": [content_type],
-                   b"Authorization": [_basic_auth(config.user_id, config.password)]}
 
         async def round_trip() -> tuple[int, bytes]:
             # Not buffered: _read_reply reads the body, bounded. No redirects: the importer's

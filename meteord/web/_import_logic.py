@@ -253,6 +253,18 @@ class EntityCache:
             return None
         return held[0]
 
+    def can_import(self, key: str, now: float) -> bool:
+        """
+        Whether the holdings remembered for the held entity ``key`` (asked less than
+        `HOLDINGS_SECONDS` before ``now``, with the bytes stored since) say it can be stored;
+        they are kept either way.
+        """
+        entity = self._entities.get(key)
+        held = self._holdings.get(key)
+        if entity is None or held is None or now - held[1] >= HOLDINGS_SECONDS:
+            return False
+        return isinstance(decide(entity, held[0]), ImportNow)
+
     def bytes_stored(self, file_id: str) -> None:
         """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""
         for key in self._holders.get(file_id, ()):

@@ -283,9 +283,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     # import
     ("/import", "POST"): _op("One message of the import protocol", "import", role="import",
                              ok=_ref("ImportReply"), body={"type": "object"}),
-    ("/import/data/{file_id}/{md5}", "POST"): _op(
+    ("/import/data/{file_id}/{md5}", "POST"): {**_op(
         "The bytes of a file (multipart part `file` or application/octet-stream)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
+        "description": "An optional `Meteord-Entity` header names the entity (event_id or "
+                       "file_id) the file is uploaded for. When this node holds that entity "
+                       "and the upload was all it still needed, the entity is stored and the "
+                       "reply is `complete`; otherwise it is `continue`. A malformed id is "
+                       "400."},
     ("/import/data/{file_id}", "POST"): _op(
         "The bytes of a file whose record this node holds (old exporters)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
