@@ -178,7 +178,8 @@ class SequenceTests(SynchronousTestCase):
         protocol = _started()
         protocol.on_reply(200, _reply(state="need_file_data", file_id=FILE_A,
                                       file_ids=[FILE_A, FILE_B]))
-        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), Done())
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete", entity_id=EVENT_ID)),
+                         Done())
         self.assertEqual(protocol.round_trips, 2)
 
     def test_last_upload_answered_complete_is_done(self):
@@ -187,14 +188,23 @@ class SequenceTests(SynchronousTestCase):
                                       file_ids=[FILE_A, FILE_B]))
         self.assertEqual(protocol.on_reply(200, _reply(state="continue")),
                          UploadFile(FILE_B, "b" * 32))
-        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), Done())
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete", entity_id=EVENT_ID)),
+                         Done())
         self.assertEqual(protocol.round_trips, 3)
+
+    def test_upload_answered_complete_without_this_entity_sends_it_again(self):
+        # An importer that may mean only "bytes received" must not end the export.
+        for reply in (_reply(state="complete"), _reply(state="complete", entity_id=FILE_A)):
+            protocol = _started()
+            protocol.on_reply(200, _reply(state="need_file_data", file_id=FILE_A))
+            self.assertEqual(protocol.on_reply(200, reply), FULL_EVENT)
 
     def test_status_answered_complete_sends_the_entity_again(self):
         # A status send names no entity, so "complete" says nothing about this one.
         protocol = _started()
         protocol.on_reply(200, _reply(state="need_status", status_id=STATUS_EVENT))
-        self.assertEqual(protocol.on_reply(200, _reply(state="complete")), FULL_EVENT)
+        self.assertEqual(protocol.on_reply(200, _reply(state="complete", entity_id=EVENT_ID)),
+                         FULL_EVENT)
 
     def test_status_reply_with_non_json_body_is_success(self):
         protocol = _started()

@@ -514,7 +514,7 @@ class ReplySequenceTests(ExporterTestMixin, TestCase):
 
         def importer(request: FakeRequest) -> Reply:
             if "/data/" in request.url:
-                return 200, {"state": "complete"}
+                return 200, {"state": "complete", "entity_id": event.event_id}
             ids = [f.file_id for f in event.files]
             return 200, {"state": "need_file_data", "file_id": ids[0], "file_ids": ids}
 

@@ -243,8 +243,9 @@ class ProtocolTests(ImporterFixture):
         self.assertEqual(self.tmp_entries(), [])
 
     async def test_file_exported_before_is_linked_not_duplicated(self) -> None:
-        end, _ = await self.export("file", self.records[FILE_A])
-        self.assertEqual(end, Done())
+        end, round_trips = await self.export("file", self.records[FILE_A])
+        # file -> need_status; status; file -> need_file_data; upload -> complete.
+        self.assertEqual((end, round_trips), (Done(), 4))
         end, round_trips = await self.export("event", self.event)
         # event -> need_file_data (B only); upload B -> complete.
         self.assertEqual((end, round_trips), (Done(), 2))
@@ -310,10 +311,54 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertFalse(await self.store.has_event_id(EVENT_ID))
         asked = self.questions()
         self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
-                         (200, {"state": "complete"}))
+                         (200, {"state": "complete", "entity_id": EVENT_ID}))
         self.assertEqual(asked, [])
         await self.assert_event_stored()
         self.assertIsNone(self.api.cache.get(EVENT_ID))
+
+    async def test_the_named_upload_without_md5_completes_its_entity_too(self) -> None:
+        named = await self.start_naming()
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        self.assertEqual(
+            await self.upload(FILE_B, self.data[FILE_B], headers=named, with_md5=False),
+            (200, {"state": "complete", "entity_id": EVENT_ID}))
+        await self.assert_event_stored()
+
+    async def test_a_named_upload_of_bytes_already_here_completes_its_entity(self) -> None:
+        # B's bytes are in the file store already (uploaded for another entity): an upload
+        # of them with an md5 the held record does not have is not kept, yet completes E.
+        named = await self.start_naming()
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        await self.upload(FILE_B, self.data[FILE_B])
+        self.assertEqual(await self.upload(FILE_B, b"stale", md5=md5_of(b"stale"),
+                                           headers=named),
+                         (200, {"state": "complete", "entity_id": EVENT_ID}))
+        await self.assert_event_stored()
+
+    async def test_concurrent_named_uploads_store_their_entity_once(self) -> None:
+        named = await self.start_naming()
+        replies = await DeferredList(
+            [ensureDeferred(self.upload(file_id, data, headers=named))
+             for file_id, data in [*self.data.items(), *self.data.items()]],
+            consumeErrors=True)
+        self.assertTrue(all(ok for ok, _ in replies))
+        states = sorted(reply[1]["state"] for _, reply in replies)
+        self.assertEqual(states, ["complete", "continue", "continue", "continue"])
+        self.assertEqual((await self.store.search_events(EventSearch()))["count"], 1)
+        await self.assert_event_stored()
+
+    async def test_a_named_upload_after_the_holdings_expired_asks_the_store(self) -> None:
+        named = await self.start_naming()
+        await self.upload(FILE_A, self.data[FILE_A], headers=named)
+        self.clock.advance(HOLDINGS_SECONDS)
+        asked = self.questions()
+        self.assertEqual(await self.upload(FILE_B, self.data[FILE_B], headers=named),
+                         (200, {"state": "continue"}))
+        self.assertEqual(asked, [])
+        self.assertEqual(await self.send({"type": "event", "event": self.event.to_dict()}),
+                         (200, {"state": "complete"}))
+        self.assertEqual(asked, ["stored_ids", "existing"])
+        await self.assert_event_stored()
 
     async def test_an_upload_naming_no_entity_stores_none(self) -> None:
         await self.upload_all_asked_for()
@@ -364,7 +409,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
 
     async def test_a_malformed_entity_header_is_400_and_stores_nothing(self) -> None:
         await self.start_naming()
-        for value in (b"not-an-id", b"e" * 31, b""):
+        for value in (b"not-an-id", b"e" * 31, b"", b"\xff" * 32):
             code, reply = await self.upload(
                 FILE_A, self.data[FILE_A], headers={**AUTH, b"Meteord-Entity": [value]})
             self.assertEqual(code, 400)

@@ -29,11 +29,12 @@ Choices where the specification is silent:
   this configuration right now, which is what back-off and disabling are for.
 - A 2xx reply to a status send or an upload is success whatever its body (old importers do not
   all answer with JSON), unless the body is a JSON object whose `state` is `failed`.
-- A reply `complete` to an upload ends the export as `Done`: the upload named its entity
-  (`meteord.wire.ENTITY_HEADER`), and meteord's importer answers so only once it has stored
-  that entity with the file, so sending the entity again would only be answered `complete`.
-  Other importers answer uploads `continue` (or ignore the header's meaning altogether), and
-  the entity is sent again as before.
+- A reply `complete` to an upload that gives this entity's id as `entity_id` ends the export as
+  `Done`: the upload named its entity (`meteord.wire.ENTITY_HEADER`), and meteord's importer
+  answers so only once that entity is stored, so sending it again would only be answered
+  `complete`. Any other success reply to an upload, `complete` without the id included (an
+  importer that may mean only "bytes received"), sends the entity again as before. Other
+  importers answer uploads `continue`.
 """
 
 import json
@@ -213,7 +214,8 @@ class ExportProtocol:
             what = (f"status {request.status_id}" if isinstance(request, SendStatus)
                     else f"file {request.file_id}")
             return EntityFailed(f"importer refused {what}: {_message(reply)}")
-        if state == "complete" and isinstance(request, UploadFile):
+        if (state == "complete" and isinstance(request, UploadFile)
+                and reply.get("entity_id") == self.entity_id):
             return Done()
         return self._next_upload_or_entity()
 

@@ -9,7 +9,9 @@ Choices where the specification is silent:
 - An entity message is answered with ``complete``, ``need_status``, ``need_file_data`` or
   ``failed``, never ``continue``: it is always possible to say exactly what is missing, which
   saves the exporter a round trip. ``continue`` answers the two sub-messages (a status, and file
-  bytes), as in the original importer, whose exporter then sends ``cached_entity``.
+  bytes), as in the original importer, whose exporter then sends ``cached_entity``; an upload
+  naming the entity it completes is answered ``complete`` with that ``entity_id`` instead
+  (see ``meteord.web.importer``).
 - The statuses asked for, in order, are the entity's own and then those of each file not yet
   stored here (files already stored are linked and need nothing). One status is asked per
   reply (the reply has a single ``status_id``); files come only once every status is known.
@@ -72,6 +74,7 @@ class Reply:
     file_id: Optional[str] = None
     file_ids: tuple[str, ...] = ()
     message: Optional[str] = None
+    entity_id: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form; absent values are omitted."""
@@ -83,12 +86,14 @@ class Reply:
             body["file_ids"] = list(self.file_ids)
         if self.message is not None:
             body["message"] = self.message
+        if self.entity_id is not None:
+            body["entity_id"] = self.entity_id
         return body
 
     @classmethod
-    def complete(cls) -> Reply:
-        """Stored, or already there."""
-        return cls("complete")
+    def complete(cls, entity_id: Optional[str] = None) -> Reply:
+        """Stored, or already there; ``entity_id`` says which, when the message did not."""
+        return cls("complete", entity_id=entity_id)
 
     @classmethod
     def continue_(cls) -> Reply:

@@ -16,7 +16,7 @@ Choices where the specification is silent:
   the first, then sees what it stored), so concurrent pushes store an entity once; across
   processes the store's imports leave an entity already there as it is.
 - A status message is stored (if new) and answered ``continue``, as by the original importer;
-  so is an upload. A store rule broken by an entity (``ConstraintViolation``,
+  so is an upload (or ``complete``, see ``Meteord-Entity`` below). A store rule broken by an entity (``ConstraintViolation``,
   ``NoCameraStatus``) answers ``failed`` with the reason: it concerns that entity only.
 - Uploads are checked against the md5 in the URL and, when this process holds the entity the
   file belongs to, against that record's md5 and sha256. ``POST /import/data/{file_id}``
@@ -48,9 +48,11 @@ Choices where the specification is silent:
 - An upload may name the entity it is for in a ``Meteord-Entity`` header (the entity's id;
   meteord's exporter sends it, other exporters need not). When this process holds that
   entity, the entity has that file, and what is remembered for it plus this upload is all it
-  needs, the entity is stored there and then and the upload is answered ``complete``: the
-  exporter need not send the entity again, one round trip fewer per entity with files.
-  Otherwise the upload is answered ``continue`` as before. Without the header an upload never
+  needs, the entity is stored there and then and the upload is answered ``complete`` with the
+  entity's id (``{"state": "complete", "entity_id": ...}``, also when it was stored already):
+  the exporter need not send the entity again, one round trip fewer per entity with files.
+  Otherwise the upload is answered ``continue`` as before. A malformed id is refused (400)
+  before any byte is kept. Without the header an upload never
   stores an entity, since the importer cannot know which of the entities holding a file the
   exporter is working on, and ``complete`` for the wrong one would lose the other.
 """
@@ -111,10 +113,10 @@ log = Logger()
 
 def _named_entity(request: IRequest) -> Optional[str]:
     """The canonical id in an upload's `ENTITY_HEADER`; InvalidEntity (400) if malformed."""
-    value = request.getHeader(ENTITY_HEADER)
+    value = request.getHeader(ENTITY_HEADER.encode("ascii"))
     if value is None:
         return None
-    return parse_id(value, ENTITY_HEADER)
+    return parse_id(value.decode("latin-1"), ENTITY_HEADER)
 
 
 def _upload_ids(file_id: str, md5: Optional[str]) -> tuple[str, Optional[str]]:
@@ -184,6 +186,7 @@ class _UploadReceiver:
         ids = [segment.decode("latin-1") for segment in rest[2:]]
         try:
             _upload_ids(ids[0], ids[1] if len(ids) == 2 else None)
+            _named_entity(request)
         except InvalidEntity:
             return self._api._upload_body(request, length, accept=False)
         has_credentials = (request.getHeader(b"authorization") or b"").lower().startswith(
@@ -371,7 +374,7 @@ class ImportAPI:
                 or not self.cache.can_import(key, self._clock.seconds())):
             return Reply.continue_()
         reply = await self._answer_entity(entity, user_id)
-        return reply if reply.state == "complete" else Reply.continue_()
+        return Reply.complete(key) if reply.state == "complete" else Reply.continue_()
 
     async def _store_upload(self, body: UploadBody, file_id: str,
                             md5: Optional[str]) -> tuple[int, Reply]:

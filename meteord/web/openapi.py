@@ -123,9 +123,10 @@ SCHEMAS: dict[str, Any] = {
         "bytes_sent": {"type": "integer"}, "disabled_reason": {"type": "string"}},
         ["config_id", "enabled", "pending", "done", "failed", "consecutive_failures",
          "bytes_sent"]),
-    "ImportReply": _object({"state": {"enum": ["continue", "continue-nocache", "complete",
-                                               "failed"]},
-                            "message": {"type": "string"}}, ["state"]),
+    "ImportReply": _object({"state": {"enum": ["complete", "need_status", "need_file_data",
+                                               "continue", "continue-nocache", "failed"]},
+                            "status_id": _ID, "file_id": _ID, "file_ids": _list(_ID),
+                            "entity_id": _ID, "message": {"type": "string"}}, ["state"]),
 }
 
 _PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
@@ -289,8 +290,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "description": "An optional `Meteord-Entity` header names the entity (event_id or "
                        "file_id) the file is uploaded for. When this node holds that entity "
                        "and the upload was all it still needed, the entity is stored and the "
-                       "reply is `complete`; otherwise it is `continue`. A malformed id is "
-                       "400."},
+                       "reply is `complete` with its `entity_id`; otherwise it is `continue`. "
+                       "A malformed id is 400."},
     ("/import/data/{file_id}", "POST"): _op(
         "The bytes of a file whose record this node holds (old exporters)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
