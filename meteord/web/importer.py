@@ -16,8 +16,9 @@ Choices where the specification is silent:
   the first, then sees what it stored), so concurrent pushes store an entity once; across
   processes the store's imports leave an entity already there as it is.
 - A status message is stored (if new) and answered ``continue``, as by the original importer;
-  so is an upload (or ``complete``, see ``Meteord-Entity`` below). A store rule broken by an entity (``ConstraintViolation``,
-  ``NoCameraStatus``) answers ``failed`` with the reason: it concerns that entity only.
+  so is an upload (or ``complete``, see ``Meteord-Entity`` below). A store rule broken by an
+  entity (``ConstraintViolation``, ``NoCameraStatus``) answers ``failed`` with the reason: it
+  concerns that entity only.
 - Uploads are checked against the md5 in the URL and, when this process holds the entity the
   file belongs to, against that record's md5 and sha256. ``POST /import/data/{file_id}``
   without an md5 (some versions of the original exporter) is accepted when the record is held,
@@ -52,9 +53,9 @@ Choices where the specification is silent:
   entity's id (``{"state": "complete", "entity_id": ...}``, also when it was stored already):
   the exporter need not send the entity again, one round trip fewer per entity with files.
   Otherwise the upload is answered ``continue`` as before. A malformed id is refused (400)
-  before any byte is kept. Without the header an upload never
-  stores an entity, since the importer cannot know which of the entities holding a file the
-  exporter is working on, and ``complete`` for the wrong one would lose the other.
+  before any byte is kept. Without the header an upload never stores an entity, since the
+  importer cannot know which of the entities holding a file the exporter is working on, and
+  ``complete`` for the wrong one would lose the other.
 """
 
 from __future__ import annotations
