@@ -11,6 +11,11 @@ MB/s, round trips per entity, the CPU each process used and the camera node's RS
 phase's start, the highest sampled every 0.1 s during it, at its end, and the process's peak
 (which includes setting up the phase: the bench writes and registers the files first).
 
+Leave 75 s between runs. Each run deletes its thousands of files when it ends, and on an ext4
+without a journal (the reference machine's) every file created in the next 60 s makes the
+kernel step over the inodes deleted in that time (``recently_deleted``): run back to back, the
+hub spent about 8 % of the machine there during the events phase.
+
     PYTHONPATH=. python bench/replication_bench.py [--events N] [--event-file-kb K]
         [--large-files N] [--large-mb M] [--concurrency C] [--hub-database sqlite|postgresql]
 """

@@ -347,7 +347,7 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual((await self.store.search_events(EventSearch()))["count"], 1)
         await self.assert_event_stored()
 
-    async def test_a_named_upload_after_the_holdings_expired_asks_the_store(self) -> None:
+    async def test_a_named_upload_after_the_holdings_expired_is_continue(self) -> None:
         named = await self.start_naming()
         await self.upload(FILE_A, self.data[FILE_A], headers=named)
         self.clock.advance(HOLDINGS_SECONDS)
@@ -407,13 +407,19 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
         self.assertEqual((code, reply["state"]), (200, "failed"))
         self.assertIn("no such camera here", reply["message"])
 
-    async def test_a_malformed_entity_header_is_400_and_stores_nothing(self) -> None:
+    async def test_a_malformed_entity_header_is_400_and_writes_nothing(self) -> None:
         await self.start_naming()
+        opened: list[Any] = []
+        self.patch(self.store.file_store, "open_upload", lambda *a, **kw: opened.append(a))
         for value in (b"not-an-id", b"e" * 31, b"", b"\xff" * 32):
             code, reply = await self.upload(
                 FILE_A, self.data[FILE_A], headers={**AUTH, b"Meteord-Entity": [value]})
             self.assertEqual(code, 400)
             self.assertIn("Meteord-Entity", reply["message"])
+        code, _ = await self.upload(FILE_A, self.data[FILE_A],
+                                    headers={b"Meteord-Entity": [b"not-an-id"]})
+        self.assertEqual(code, 401, "credentials are checked first")
+        self.assertEqual(opened, [])
         self.assertFalse(await self.store.file_store.exists(FILE_A))
         self.assertEqual(self.tmp_entries(), [])
 

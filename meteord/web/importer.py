@@ -50,10 +50,11 @@ Choices where the specification is silent:
   meteord's exporter sends it, other exporters need not). When this process holds that
   entity, the entity has that file, and what is remembered for it plus this upload is all it
   needs, the entity is stored there and then and the upload is answered ``complete`` with the
-  entity's id (``{"state": "complete", "entity_id": ...}``, also when it was stored already):
+  entity's id (``{"state": "complete", "entity_id": ...}``, also when another process stored
+  it meanwhile):
   the exporter need not send the entity again, one round trip fewer per entity with files.
-  Otherwise the upload is answered ``continue`` as before. A malformed id is refused (400)
-  before any byte is kept. Without the header an upload never stores an entity, since the
+  Otherwise the upload is answered ``continue`` as before. A malformed id is refused (400),
+  and a streamed upload's bytes are then not even written. Without the header an upload never stores an entity, since the
   importer cannot know which of the entities holding a file the exporter is working on, and
   ``complete`` for the wrong one would lose the other.
 """

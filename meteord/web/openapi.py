@@ -198,6 +198,11 @@ _CONFIG = _object({"config": _ref("ExportConfiguration")}, ["config"])
 _OKAY = _object({"message": {"const": "Okay"}}, ["message"])
 _BYTES = {"type": "string", "format": "binary"}
 
+_NAMED_UPLOAD = ("An optional `Meteord-Entity` header names the entity (event_id or file_id) "
+                 "the file is uploaded for. When this node holds that entity and the upload "
+                 "was all it still needed, the entity is stored and the reply is `complete` "
+                 "with its `entity_id`; otherwise it is `continue`. A malformed id is 400.")
+
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/healthz", "GET"): _op("Health of the process and its store", "operations", ok=_object(
         {"status": {"enum": ["ok", "unavailable"]}, "version": {"type": "string"},
@@ -287,14 +292,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/import/data/{file_id}/{md5}", "POST"): {**_op(
         "The bytes of a file (multipart part `file` or application/octet-stream)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
-        "description": "An optional `Meteord-Entity` header names the entity (event_id or "
-                       "file_id) the file is uploaded for. When this node holds that entity "
-                       "and the upload was all it still needed, the entity is stored and the "
-                       "reply is `complete` with its `entity_id`; otherwise it is `continue`. "
-                       "A malformed id is 400."},
-    ("/import/data/{file_id}", "POST"): _op(
+        "description": _NAMED_UPLOAD},
+    ("/import/data/{file_id}", "POST"): {**_op(
         "The bytes of a file whose record this node holds (old exporters)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
+        "description": _NAMED_UPLOAD},
 }
 
 
