@@ -290,15 +290,16 @@ class ImportAPITests(ImporterFixture, SQLiteStoreMixin, TestCase):
 
     async def upload_all_asked_for(self) -> list[str]:
         """Send the event, upload both files it is answered with; then record questions."""
-        await self.send({"type": "status", "status": STATUS.to_dict()})
-        code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
-        self.assertEqual(reply["file_ids"], [FILE_A, FILE_B])
+        await self.start_naming()
         for file_id, data in self.data.items():
             self.assertEqual(await self.upload(file_id, data), (200, {"state": "continue"}))
         return self.questions()
 
     async def start_naming(self) -> dict[bytes, list[bytes]]:
-        """Send the status and the event; the headers of an upload naming the event."""
+        """
+        Send the status and the event, answered with both files; the headers of an upload
+        naming the event.
+        """
         await self.send({"type": "status", "status": STATUS.to_dict()})
         code, reply = await self.send({"type": "event", "event": self.event.to_dict()})
         self.assertEqual(reply["file_ids"], [FILE_A, FILE_B])
