@@ -276,6 +276,12 @@ class IMeteorStore(Interface):
     def release_export_task(task_id):
         """Give a leased task back unchanged (transport failure). -> None"""
 
+    def renew_export_task(task_id, attempt, lease_seconds):
+        """
+        Extend the lease of claim number ``attempt`` of a pending task (its ``attempts`` when
+        claimed) to ``lease_seconds`` from now, unless it has run out. -> bool (extended)
+        """
+
     def defer_export_tasks(config_id, seconds):
         """Make every pending task of a config due ``seconds`` from now. -> int"""
 

@@ -29,6 +29,7 @@ from twisted.web.client import (
     RequestGenerationFailed, ResponseDone, ResponseNeverReceived)
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 
+from meteord.errors import StoreUnavailable
 from meteord.exporter.policy import FailurePolicy
 from meteord.exporter.service import (
     UPLOAD_CHUNK_BYTES,
@@ -127,6 +128,8 @@ class FakeStore:
         self.statuses: dict[str, CameraStatus] = {}
         self.claims = 0
         self.combined = 0
+        self.renewals = 0
+        self.refuse_renewals = False
         self.fail_next: dict[str, Exception] = {}
 
     def _maybe_fail(self, name: str) -> Optional[Deferred]:
@@ -241,6 +244,18 @@ class FakeStore:
     def release_export_task(self, task_id: int) -> Deferred:
         self.tasks[task_id].lease_until = None
         return succeed(None)
+
+    def renew_export_task(self, task_id: int, attempt: int, lease_seconds: float) -> Deferred:
+        failure = self._maybe_fail("renew_export_task")
+        if failure:
+            return failure
+        self.renewals += 1
+        task, now = self.tasks[task_id], self.now()
+        if (self.refuse_renewals or task.state != "pending" or task.attempts != attempt
+                or task.lease_until is None or task.lease_until <= now):
+            return succeed(False)
+        task.lease_until = now + lease_seconds
+        return succeed(True)
 
     def defer_export_tasks(self, config_id: str, seconds: float) -> Deferred:
         count = 0
@@ -1015,15 +1030,75 @@ class TimeoutTests(ExporterTestMixin, TestCase):
         self.assertEqual(self.store.outcomes[config.config_id].last_error,
                          "no complete reply within 40 s")
 
-    def test_the_lease_bounds_the_whole_export(self) -> None:
+    def test_a_lease_that_cannot_be_renewed_bounds_the_export(self) -> None:
         config = self.store.add_config(export_config())
         self.event_with_files(config)
+        self.store.refuse_renewals = True
         self.run_once(lambda r: Deferred(), lease_seconds=20.0)
-        self.clock.advance(15.0)
+        self.clock.advance(14.9)
         [task] = self.store.tasks_of(config)
+        self.assertEqual((task.state, self.store.renewals), ("pending", 1))
+        self.clock.advance(0.1)
         self.assertEqual(task.state, "failed")
         self.assertEqual(task.last_error,
-                         "the task's lease of 20 s ran out before the export finished")
+                         "the task's lease of 20 s ran out before the export finished "
+                         "(it could not be renewed)")
+
+    def test_the_lease_is_renewed_every_half_lease_while_the_export_goes_on(self) -> None:
+        config = self.store.add_config(export_config())
+        self.event_with_files(config)
+        self.run_once(lambda r: Deferred(), lease_seconds=24.0)
+        start = self.clock.seconds()
+        [task] = self.store.tasks_of(config)
+        self.clock.advance(11.9)
+        self.assertEqual((self.store.renewals, task.lease_until), (0, start + 24.0))
+        self.clock.advance(0.1)
+        self.assertEqual((self.store.renewals, task.lease_until), (1, start + 36.0))
+        # Without that renewal, the lease (less its margin of 5 s) would have ended it at 19 s.
+        self.clock.advance(12.0)
+        self.assertEqual((self.store.renewals, task.lease_until), (2, start + 48.0))
+        self.clock.advance(6.0)
+        self.assertEqual((task.state, task.lease_until), ("pending", None))
+        self.assertEqual(self.store.outcomes[config.config_id].last_error,
+                         "no complete reply within 30 s")
+        self.clock.advance(100.0)
+        self.assertEqual(self.store.renewals, 2)
+
+    def test_a_throttled_upload_outlasting_its_lease_goes_on(self) -> None:
+        config = self.store.add_config(export_config(max_bytes_per_second=1000))
+        event = self.event_with_files(config, 64 * 1024)
+
+        def handler(request: FakeRequest) -> Reply:
+            if request.type == "upload":
+                return 200, {"state": "continue"}
+            if len(self.importer.requests) > 1:
+                return 200, {"state": "complete"}
+            return 200, {"state": "need_file_data", "file_id": event.files[0].file_id}
+
+        self.run_once(handler, lease_seconds=20.0)
+        self.clock.pump([1.0] * 70)
+        self.assertEqual(self.state(config), ["done"])
+        self.assertEqual(self.store.renewals, 6)
+        self.clock.advance(100.0)
+        self.assertEqual(self.store.renewals, 6)
+
+    def test_a_failed_renewal_is_tried_again_before_the_lease_runs_out(self) -> None:
+        config = self.store.add_config(export_config())
+        self.event_with_files(config)
+        self.store.fail_next["renew_export_task"] = StoreUnavailable("database unavailable")
+        self.run_once(lambda r: Deferred(), lease_seconds=20.0)
+        start = self.clock.seconds()
+        [task] = self.store.tasks_of(config)
+        self.clock.advance(10.0)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.assertEqual(task.lease_until, start + 20.0)
+        # Half of the 5 s then left of the lease (less its margin) later.
+        self.clock.advance(2.5)
+        self.assertEqual(task.lease_until, start + 32.5)
+        self.clock.advance(17.5)
+        self.assertEqual((task.state, task.lease_until), ("pending", None))
+        self.assertEqual(self.store.outcomes[config.config_id].last_error,
+                         "no complete reply within 30 s")
 
 
 class WindowAndRateTests(ExporterTestMixin, TestCase):

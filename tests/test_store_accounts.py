@@ -539,6 +539,46 @@ class ExportTaskTests:
         (again,) = await self.claim()
         self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
 
+    async def test_renew_extends_a_running_lease(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim(lease_seconds=60)
+        self.clock.advance(30)
+        self.assertTrue(await self.store.renew_export_task(task.task_id, task.attempts, 60))
+        self.clock.advance(59.999)
+        self.assertEqual(await self.claim(), [])
+        self.clock.advance(0.001)
+        (again,) = await self.claim()
+        self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
+
+    async def test_renew_never_takes_back_a_lease_that_ran_out(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim(lease_seconds=60)
+        self.clock.advance(60)
+        self.assertFalse(await self.store.renew_export_task(task.task_id, task.attempts, 60))
+        # Claimed meanwhile by another exporter: its lease stays as it is.
+        (again,) = await self.claim(lease_seconds=10)
+        self.assertFalse(await self.store.renew_export_task(task.task_id, task.attempts, 60))
+        self.clock.advance(10)
+        (third,) = await self.claim()
+        self.assertEqual((third.task_id, third.attempts), (task.task_id, 3))
+        self.assertTrue(await self.store.renew_export_task(third.task_id, third.attempts, 60))
+
+    async def test_renew_of_a_task_done_failed_or_released_changes_nothing(self) -> None:
+        await self.add_events(1, 2, 3)
+        await self.store.mark_entities_to_export(self.config)
+        done, failed, released = await self.claim(lease_seconds=60)
+        await self.store.complete_export_task(done.task_id, 10)
+        await self.store.fail_export_task(failed.task_id, "refused")
+        await self.store.release_export_task(released.task_id)
+        for task in (done, failed, released):
+            self.assertFalse(await self.store.renew_export_task(task.task_id, task.attempts, 60))
+        (again,) = await self.claim()
+        self.assertEqual(again.task_id, released.task_id)
+        status = await self.status()
+        self.assertEqual((status["done"], status["failed"], status["pending"]), (1, 1, 1))
+
     async def test_defer(self) -> None:
         await self.add_events(1, 2)
         await self.store.mark_entities_to_export(self.config)

@@ -10,9 +10,12 @@ Choices where the specification is silent:
   task's lease starts when its work starts. A round sends at most `batch_size` tasks per
   configuration, then ends; since it did work, the next round starts at once, re-marking and
   re-checking windows, deferral and enabled state in between.
-- No request of a task outlives its lease (default one hour, less a margin of 5 s): a request
-  is cut short when the lease runs out, and the task then fails as an entity failure naming
-  the lease. So two exporters on one database never send the same task at the same time.
+- A task's lease (default one hour) is renewed every half lease while its export goes on, so
+  a long upload (a large file under a low rate cap) is never cut short by it. No request
+  outlives the lease it holds, less a margin of 5 s: when a renewal is refused (the lease ran
+  out, or the task was changed meanwhile) or cannot reach the database in time, the request
+  is cut short as the lease runs out, and the task then fails as an entity failure naming the
+  lease. So two exporters on one database never send the same task at the same time.
 - A configuration whose stored back-off (`deferred_until`) lies in the future, or that is
   outside its windows, still has new matches marked but sends nothing. A configuration stops
   claiming for the rest of the round after its first transport failure; entities already in
@@ -70,7 +73,7 @@ import attrs
 from hyperlink import EncodedURL
 from twisted.application.service import Service
 from twisted.internet.defer import (
-    CancelledError, Deferred, DeferredList, DeferredLock, succeed)
+    CancelledError, Deferred, DeferredList, DeferredLock, maybeDeferred, succeed)
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -354,32 +357,91 @@ def _read_reply(response: IResponse, limit: int = REPLY_LIMIT_BYTES) -> Deferred
     return reader.finished
 
 
+class _Lease:
+    """
+    The lease of `task`, claimed for `seconds`, while it is exported: `end` is when it runs
+    out on `clock`, less the margin. Every half lease `store` is asked for another full lease;
+    when it gives one, `end` moves and the `deadline` of the request under way with it.
+    `release` stops the renewals once the export is over.
+    """
+
+    def __init__(self, clock: IReactorTime, store: Any, task: ExportTask,
+                 seconds: float) -> None:
+        self._clock = clock
+        self._store = store
+        self._task = task
+        self._seconds = seconds
+        self.end = clock.seconds() + seconds - LEASE_MARGIN_SECONDS
+        self.deadline: Optional[_Deadline] = None
+        self._held = True
+        self._call = clock.callLater(seconds / 2, self._renewing)
+
+    def _renewing(self) -> None:
+        asked = self._clock.seconds()
+        renewed = maybeDeferred(self._store.renew_export_task, self._task.task_id,
+                                self._task.attempts, self._seconds)
+        renewed.addCallbacks(self._renewed, self._not_renewed, callbackArgs=(asked,))
+
+    def _renewed(self, extended: bool, asked: float) -> None:
+        if not self._held:
+            return
+        task = self._task
+        if not extended:
+            log.warn("export {config_id}: {kind} {entity_id}: its lease could not be renewed",
+                     config_id=task.config_id, kind=task.kind, entity_id=task.entity_id)
+            return
+        self.end = asked + self._seconds - LEASE_MARGIN_SECONDS
+        if self.deadline is not None:
+            self.deadline.reschedule()
+        self._call = self._clock.callLater(self._seconds / 2, self._renewing)
+
+    def _not_renewed(self, failure: Failure) -> None:
+        if not self._held:
+            return
+        task = self._task
+        log.failure("export {config_id}: {kind} {entity_id}: the lease renewal failed",
+                    failure, config_id=task.config_id, kind=task.kind,
+                    entity_id=task.entity_id)
+        remaining = self.end - self._clock.seconds()
+        if remaining > 2.0:
+            self._call = self._clock.callLater(remaining / 2, self._renewing)
+
+    def release(self) -> None:
+        self._held = False
+        if self._call.active():
+            self._call.cancel()
+
+
 class _Deadline:
     """
     The timer of one request: it cancels `watched` when the timeout (extendable by
-    throttling) or the task's lease runs out, whichever comes first, and says which it was.
+    throttling) or the task's `lease` runs out, whichever comes first, and says which it was.
     """
 
-    def __init__(self, clock: IReactorTime, timeout: float, lease_end: float) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, lease: _Lease) -> None:
         self._clock = clock
         self.watched: Optional[Deferred[Any]] = None
         self.timeout = timeout
         self._timeout_at = clock.seconds() + timeout
-        self._lease_end = lease_end
+        self._lease = lease
         self.expired: Optional[str] = None
         self._call = clock.callLater(self._remaining(), self._expire)
 
     def _remaining(self) -> float:
-        return max(0.0, min(self._timeout_at, self._lease_end) - self._clock.seconds())
+        return max(0.0, min(self._timeout_at, self._lease.end) - self._clock.seconds())
 
     def extend(self, seconds: float) -> None:
         self.timeout += seconds
         self._timeout_at += seconds
+        self.reschedule()
+
+    def reschedule(self) -> None:
+        """Move the timer to the timeout or the lease's end, whichever is now sooner."""
         if self._call.active():
             self._call.reset(self._remaining())
 
     def _expire(self) -> None:
-        self.expired = "lease" if self._lease_end <= self._timeout_at else "timeout"
+        self.expired = "lease" if self._lease.end <= self._timeout_at else "timeout"
         if self.watched is not None:
             self.watched.cancel()
 
@@ -729,14 +791,14 @@ class ExporterService(Service):
         """Export one task; the next task of `run`, when one was claimed as this one ended."""
         counters = self.counters[run.config.config_id]
         counters.attempts += 1
-        lease_end = self._clock.seconds() + self.lease_seconds - LEASE_MARGIN_SECONDS
         protocol = ExportProtocol(task.kind, task.entity.to_dict(), self.max_round_trips)
         sent = 0
         action = protocol.start()
+        lease = _Lease(self._clock, self.store, task, self.lease_seconds)
         try:
             while not isinstance(action, (Done, EntityFailed, TransportFailed)):
                 try:
-                    code, body, nbytes = await self._carry_out(run, task, action, lease_end)
+                    code, body, nbytes = await self._carry_out(run, task, action, lease)
                 except _EntityProblem as e:
                     action = EntityFailed(str(e))
                     break
@@ -752,6 +814,7 @@ class ExporterService(Service):
                      entity_id=task.entity_id)
             return None
         finally:
+            lease.release()
             counters.round_trips += protocol.round_trips
         if isinstance(action, Done):
             return await self._succeeded(run, task, sent, protocol.round_trips)
@@ -762,12 +825,12 @@ class ExporterService(Service):
         return None
 
     async def _carry_out(self, run: _ConfigRound, task: ExportTask, action: Any,
-                         lease_end: float) -> tuple[int, bytes, int]:
+                         lease: _Lease) -> tuple[int, bytes, int]:
         """Send what `action` asks for; returns the reply's status, body and bytes sent."""
         config = run.config
         if isinstance(action, (SendEntity, SendCachedEntity)):
             data = json.dumps(action.body, separators=(",", ":")).encode("utf-8")
-            return await self._post_json(run, task, data, lease_end)
+            return await self._post_json(run, task, data, lease)
         if isinstance(action, SendStatus):
             status = await self.store.get_camera_status_by_id(action.status_id)
             if status is None:
@@ -775,7 +838,7 @@ class ExporterService(Service):
                     f"camera status {action.status_id} is not stored on this node")
             data = json.dumps({"type": "status", "status": status.to_dict()},
                               separators=(",", ":")).encode("utf-8")
-            return await self._post_json(run, task, data, lease_end)
+            return await self._post_json(run, task, data, lease)
         assert isinstance(action, UploadFile)
         record = _file_record(task, action.file_id)
         url: Union[str, EncodedURL] = (
@@ -803,24 +866,24 @@ class ExporterService(Service):
             return body
 
         code, body = await self._post(run, task, url, b"application/octet-stream", open_body,
-                                      request_timeout(record.file_size), lease_end,
+                                      request_timeout(record.file_size), lease,
                                       entity_id=task.entity_id)
         return code, body, record.file_size
 
     async def _post_json(self, run: _ConfigRound, task: ExportTask, data: bytes,
-                         lease_end: float) -> tuple[int, bytes, int]:
+                         lease: _Lease) -> tuple[int, bytes, int]:
         async def open_body(deadline_extend: Callable[[float], None]) -> Body:
             return _BytesBody(data)
 
         code, body = await self._post(run, task, _target(run.config.target_url),
                                       b"application/json",
-                                      open_body, request_timeout(), lease_end)
+                                      open_body, request_timeout(), lease)
         return code, body, len(data)
 
     async def _post(self, run: _ConfigRound, task: ExportTask, url: Union[str, EncodedURL],
                     content_type: bytes,
                     open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
-                    timeout: float, lease_end: float,
+                    timeout: float, lease: _Lease,
                     entity_id: Optional[str] = None) -> tuple[int, bytes]:
         """
         POST with a timeout, once more if the connection was lost before any response; an
@@ -831,21 +894,21 @@ class ExporterService(Service):
         if entity_id is not None:
             headers[ENTITY_HEADER.encode("ascii")] = [entity_id.encode("ascii")]
         try:
-            return await self._exchange(run, url, headers, open_body, timeout, lease_end)
+            return await self._exchange(run, url, headers, open_body, timeout, lease)
         except _StaleConnection as e:
             self.counters[run.config.config_id].retried_requests += 1
             log.info("export {config_id}: {kind} {entity_id}: {reason}; sending again",
                      config_id=run.config.config_id, kind=task.kind, entity_id=task.entity_id,
                      reason=str(e))
         try:
-            return await self._exchange(run, url, headers, open_body, timeout, lease_end)
+            return await self._exchange(run, url, headers, open_body, timeout, lease)
         except _StaleConnection as e:
             raise _TransportProblem(str(e)) from None
 
     async def _exchange(self, run: _ConfigRound, url: Union[str, EncodedURL],
                         headers: dict[bytes, list[bytes]],
                         open_body: Callable[[Callable[[float], None]], Awaitable[Body]],
-                        timeout: float, lease_end: float) -> tuple[int, bytes]:
+                        timeout: float, lease: _Lease) -> tuple[int, bytes]:
         if self._stopping:
             raise _Stopping()
         config = run.config
@@ -856,8 +919,9 @@ class ExporterService(Service):
             if isinstance(body, _FileBody):
                 body.close()
             raise _Stopping()
-        deadline = _Deadline(self._clock, timeout, lease_end)
+        deadline = _Deadline(self._clock, timeout, lease)
         deadlines.append(deadline)
+        lease.deadline = deadline
 
         async def round_trip() -> tuple[int, bytes]:
             # Not buffered: _read_reply reads the body, bounded. No redirects: the importer's
@@ -875,7 +939,7 @@ class ExporterService(Service):
             if deadline.expired == "lease":
                 raise _EntityProblem(
                     f"the task's lease of {self.lease_seconds:g} s ran out before the "
-                    f"export finished") from None
+                    f"export finished (it could not be renewed)") from None
             if deadline.expired == "timeout":
                 raise _TransportProblem(
                     f"no complete reply within {deadline.timeout:g} s") from None
@@ -892,6 +956,7 @@ class ExporterService(Service):
             raise _TransportProblem(_describe(e)) from None
         finally:
             deadline.cancel()
+            lease.deadline = None
             self._in_flight.discard(d)
             if isinstance(body, _FileBody):
                 body.close()

@@ -26,6 +26,8 @@ Decisions where the specification is silent:
   ``record_export_outcome`` stores the count, back-off, enabled flag and reason the exporter's
   policy decided (resetting the count after a success is the policy's decision, stored there).
   ``last_error``/``last_success`` are the most recent ever: an outcome's None keeps them.
+- ``renew_export_task`` extends only the lease of the claim named by its attempt number, and
+  only while it runs: a lease that ran out, or a task claimed again since, is left alone.
 - ``release_export_task`` clears the lease and keeps the attempt counted; ``retry_export_tasks``
   clears the failed tasks' errors and keeps their attempt counts. Task operations on an unknown
   task or configuration fail with `EntityNotFound`.
@@ -243,6 +245,15 @@ class AccountOperations:
     def release_export_task(self, task_id: int) -> Deferred[None]:
         """Give a leased task back, still pending and due (transport failure)."""
         return self.run(_release_task, task_id)
+
+    def renew_export_task(self, task_id: int, attempt: int,
+                          lease_seconds: float) -> Deferred[bool]:
+        """
+        Extend the lease of claim number ``attempt`` of a pending task (its ``attempts`` when
+        claimed) to ``lease_seconds`` from now, if it has not run out; whether it was extended.
+        """
+        now = self.now_ms()
+        return self.run(_renew_task, task_id, attempt, now, now + int(lease_seconds * 1000))
 
     def defer_export_tasks(self, config_id: str, seconds: float) -> Deferred[int]:
         """Make every pending task of a configuration due ``seconds`` from now. -> tasks moved"""
@@ -660,6 +671,14 @@ def _release_task(task_id: int) -> Operation[None]:
     result = yield Query("UPDATE export_tasks SET lease_until = NULL WHERE id = ?", (task_id,))
     if result.rowcount == 0:
         raise EntityNotFound(str(task_id), "Export task")
+
+
+def _renew_task(task_id: int, attempt: int, now: int, lease_until: int) -> Operation[bool]:
+    result = yield Query(
+        "UPDATE export_tasks SET lease_until = ? "
+        "WHERE id = ? AND attempts = ? AND state = 'pending' AND lease_until > ?",
+        (lease_until, task_id, attempt, now))
+    return result.rowcount == 1
 
 
 def _defer_tasks(config_id: str, due_time: int) -> Operation[int]:
