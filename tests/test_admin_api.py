@@ -8,7 +8,7 @@ passwords, their status and retries, and camera status updates; every route's au
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from twisted.internet.ssl import KeyPair
@@ -17,10 +17,12 @@ from meteord.model import (
     CameraStatus,
     EventSearch,
     ExportConfiguration,
+    ExportOutcome,
     Location,
     Orientation,
     Point,
     datetime_to_ms,
+    ms_to_datetime,
 )
 from meteord.web._body import MAX_JSON_BODY
 from meteord.web.admin import AdminAPI
@@ -373,6 +375,31 @@ class ExportTests(AdminTestCase):
         self.assertEqual((response.code, body), (200, {"status": {
             "config_id": "a" * 32, "enabled": False, "pending": 0, "done": 0, "failed": 0,
             "consecutive_failures": 0, "bytes_sent": 0}}))
+
+    async def test_status_of_an_export_at_work(self) -> None:
+        self.store.clock = self.clock
+        config = await self.store.create_or_update_export_configuration(
+            ExportConfiguration.from_dict(self.expected(enabled=True, password="x")))
+        for seconds in (1, 2, 3):
+            await self.store.register_event("cam-a", T0 + timedelta(seconds=seconds),
+                                            "meteorpi:meteor")
+        self.assertEqual(await self.store.mark_entities_to_export(config), 3)
+        self.clock.advance(10)
+        done, failed, pending = await self.store.claim_export_tasks(config.config_id, 10, 60)
+        await self.store.complete_export_task(done.task_id, 1234)
+        self.clock.advance(5)
+        await self.store.fail_export_task(failed.task_id, "bad entity")
+        await self.store.release_export_task(pending.task_id)
+        await self.store.defer_export_tasks(config.config_id, 1800)
+        await self.store.record_export_outcome(config.config_id, ExportOutcome(
+            consecutive_failures=2, deferred_until=ms_to_datetime(NOW_MS + 1_815_000),
+            enabled=True, last_error="HTTP 503"))
+        response, body = await self.admin("GET", f"/export/{'a' * 32}/status")
+        self.assertEqual((response.code, body), (200, {"status": {
+            "config_id": "a" * 32, "enabled": True, "pending": 1, "done": 1, "failed": 1,
+            "oldest_pending_ms": NOW_MS, "consecutive_failures": 2,
+            "last_success": NOW_MS + 10_000, "last_error": "HTTP 503",
+            "next_attempt": NOW_MS + 1_815_000, "bytes_sent": 1234}}))
 
     async def test_retry_makes_failed_tasks_pending(self) -> None:
         config = await self.store.create_or_update_export_configuration(

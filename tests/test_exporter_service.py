@@ -896,6 +896,22 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.assertEqual(len(self.importer.requests), 4)
         self.assertEqual(self.state(config), ["pending"])
 
+    def test_the_count_survives_a_restart_of_the_exporter(self) -> None:
+        config = self.store.add_config(export_config())
+        self.event_with_files(config)
+        first = self.run_once(lambda r: (503, b""), mark_interval=60.0)
+        self.clock.pump([60.0] * 30)
+        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 2)
+        first.stopService()
+        self.run_once(lambda r: (503, b""), mark_interval=60.0)
+        self.assertEqual(self.importer.requests, [])
+        self.clock.pump([60.0] * 30)
+        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 3)
+        self.clock.pump([60.0] * 30)
+        outcome = self.store.outcomes[config.config_id]
+        self.assertEqual((outcome.consecutive_failures, outcome.enabled), (4, False))
+        self.assertEqual(len(self.importer.requests), 2)
+
     def test_custom_policy_and_no_sending_while_deferred(self) -> None:
         config = self.store.add_config(export_config())
         self.event_with_files(config)
@@ -1202,17 +1218,12 @@ class LoopTests(ExporterTestMixin, TestCase):
         claims[0].callback([])
 
     def test_concurrency_per_configuration(self) -> None:
-        self.config_with_events(10)
-        pending: list[Deferred] = []
-
-        def handler(request: FakeRequest) -> Reply:
-            d: Deferred = Deferred()
-            pending.append(d)
-            return d
-
-        self.run_once(handler, concurrency=3)
-        self.assertEqual(self.importer.max_in_flight, 3)
-        self.assertEqual(self.store.claims, 3)
+        configs = [self.config_with_events(10), self.config_with_events(10)]
+        self.run_once(lambda r: Deferred(), concurrency=3)
+        self.assertEqual(self.importer.max_in_flight, 6)
+        self.assertEqual(self.store.claims, 6)
+        self.assertEqual([sum(t.lease_until is not None for t in self.store.tasks_of(config))
+                          for config in configs], [3, 3])
 
     def test_rounds_never_overlap(self) -> None:
         config = self.store.add_config(export_config())
