@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 import attrs
 from hyperlink import EncodedURL
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -130,6 +130,8 @@ class FakeStore:
         self.combined = 0
         self.renewals = 0
         self.refuse_renewals = False
+        self.renewal_error: Optional[Exception] = None
+        self.held_renewals: Optional[list[Deferred]] = None
         self.fail_next: dict[str, Exception] = {}
 
     def _maybe_fail(self, name: str) -> Optional[Deferred]:
@@ -246,10 +248,15 @@ class FakeStore:
         return succeed(None)
 
     def renew_export_task(self, task_id: int, attempt: int, lease_seconds: float) -> Deferred:
+        self.renewals += 1
         failure = self._maybe_fail("renew_export_task")
         if failure:
             return failure
-        self.renewals += 1
+        if self.renewal_error is not None:
+            return fail(self.renewal_error)
+        if self.held_renewals is not None:
+            self.held_renewals.append(Deferred())
+            return self.held_renewals[-1]
         task, now = self.tasks[task_id], self.now()
         if (self.refuse_renewals or task.state != "pending" or task.attempts != attempt
                 or task.lease_until is None or task.lease_until <= now):
@@ -902,7 +909,7 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         first = self.run_once(lambda r: (503, b""), mark_interval=60.0)
         self.clock.pump([60.0] * 30)
         self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 2)
-        first.stopService()
+        self.successResultOf(first.stopService())
         self.run_once(lambda r: (503, b""), mark_interval=60.0)
         self.assertEqual(self.importer.requests, [])
         self.clock.pump([60.0] * 30)
@@ -1046,19 +1053,76 @@ class TimeoutTests(ExporterTestMixin, TestCase):
         self.assertEqual(self.store.outcomes[config.config_id].last_error,
                          "no complete reply within 40 s")
 
-    def test_a_lease_that_cannot_be_renewed_bounds_the_export(self) -> None:
+    def test_a_refused_renewal_stops_the_export_and_leaves_the_task(self) -> None:
         config = self.store.add_config(export_config())
         self.event_with_files(config)
         self.store.refuse_renewals = True
-        self.run_once(lambda r: Deferred(), lease_seconds=20.0)
-        self.clock.advance(14.9)
+        service = self.run_once(lambda r: Deferred(), lease_seconds=20.0)
+        start = self.clock.seconds()
         [task] = self.store.tasks_of(config)
-        self.assertEqual((task.state, self.store.renewals), ("pending", 1))
+        self.clock.advance(9.9)
+        self.assertEqual((self.importer.cancelled, service.counters[config.config_id].leases_lost),
+                         (0, 0))
         self.clock.advance(0.1)
-        self.assertEqual(task.state, "failed")
-        self.assertEqual(task.last_error,
-                         "the task's lease of 20 s ran out before the export finished "
-                         "(it could not be renewed)")
+        self.assertEqual((self.importer.cancelled, service.counters[config.config_id].leases_lost),
+                         (1, 1))
+        # Neither failed nor released: it may be another exporter's by now.
+        self.assertEqual((task.state, task.lease_until, task.last_error),
+                         ("pending", start + 20.0, None))
+        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
+
+    def test_a_lease_refused_while_a_file_is_opened_sends_nothing_more(self) -> None:
+        config = self.store.add_config(export_config())
+        event = self.event_with_files(config, 1000)
+        self.store.refuse_renewals = True
+        opened = self.store.file_store.open_and_read
+        self.patch(self.store.file_store, "open_and_read",
+                   lambda *args: deferLater(self.clock, 15.0, opened, *args))
+        service = self.run_once(
+            lambda r: (200, {"state": "need_file_data", "file_id": event.files[0].file_id}),
+            lease_seconds=20.0)
+        self.clock.advance(10.0)
+        self.assertEqual(service.counters[config.config_id].leases_lost, 0)
+        self.clock.advance(5.0)
+        self.assertEqual(service.counters[config.config_id].leases_lost, 1)
+        self.assertEqual([r.type for r in self.importer.requests], ["event"])
+        self.assertEqual(self.state(config), ["pending"])
+
+    def test_a_lease_that_runs_out_leaves_the_task_as_it_is(self) -> None:
+        config = self.store.add_config(export_config())
+        self.event_with_files(config)
+        self.store.renewal_error = StoreUnavailable("database unavailable")
+        service = self.run_once(lambda r: Deferred(), lease_seconds=20.0)
+        start = self.clock.seconds()
+        [task] = self.store.tasks_of(config)
+        # Tried at 10 s, then at half the time left each time, while more than 2 s was left.
+        renewals = []
+        for step in (10.0, 2.5, 1.25, 1.15):
+            self.clock.advance(step)
+            renewals.append(self.store.renewals)
+        self.assertEqual(renewals, [1, 2, 3, 3])
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 3)
+        self.assertEqual(service.counters[config.config_id].leases_lost, 0)
+        self.clock.advance(0.1)
+        self.assertEqual((self.importer.cancelled, service.counters[config.config_id].leases_lost),
+                         (1, 1))
+        self.assertEqual((task.state, task.lease_until, task.last_error),
+                         ("pending", start + 20.0, None))
+
+    def test_a_renewal_answered_after_the_export_ended_changes_nothing(self) -> None:
+        config = self.store.add_config(export_config())
+        self.event_with_files(config)
+        self.store.held_renewals = []
+        reply: Deferred = Deferred()
+        self.run_once(lambda r: reply, lease_seconds=20.0)
+        self.clock.advance(10.0)
+        reply.callback((200, {"state": "complete"}))
+        self.assertEqual(self.state(config), ["done"])
+        self.store.held_renewals[0].callback(True)
+        self.assertEqual([call for call in self.clock.getDelayedCalls()
+                          if getattr(call.func, "__name__", None) == "_renewing"], [])
+        self.clock.advance(100.0)
+        self.assertEqual(self.store.renewals, 1)
 
     def test_the_lease_is_renewed_every_half_lease_while_the_export_goes_on(self) -> None:
         config = self.store.add_config(export_config())

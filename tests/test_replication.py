@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.protocols.portforward import ProxyServer
 from twisted.trial.unittest import TestCase
 
@@ -24,7 +25,7 @@ from meteord.exporter.service import ExporterService
 from meteord.model import (
     CameraStatus, EventSearch, ExportConfiguration, FileRecordSearch, Location, Meta,
     Orientation, new_id)
-from meteord.store.sql import open_store
+from meteord.store._sql import Query
 from meteord.testing.node import RunningNode, start_node
 from tests._postgres import fresh_postgres_url
 from tests._waiting import wait_until
@@ -135,6 +136,32 @@ class FaultyFront(Factory):
             connection.cut()
 
 
+def _attempts_made() -> Any:
+    """The claims made of all export tasks, as a store operation."""
+    rows = yield Query("SELECT SUM(attempts) FROM export_tasks")
+    return rows[0][0]
+
+
+class _NodeProcess(ProcessProtocol):
+    """A `twistd -n meteord` child process: its output kept, `ended` fired once it exits."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+        self._output: list[bytes] = []
+
+    @property
+    def output(self) -> str:
+        return b"".join(self._output).decode("utf-8", "replace")[-4000:]
+
+    def outReceived(self, data: bytes) -> None:
+        self._output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
 class ReplicationMixin:
     """Starts nodes, fills the camera node, runs an exporter and compares the two stores."""
 
@@ -196,6 +223,26 @@ class ReplicationMixin:
                 config_description="", enabled=True)
             configs.append(await store.create_or_update_export_configuration(config))
         return configs
+
+    async def exporter_process(self, database_url: str, files_path: str) -> _NodeProcess:
+        """A second meteord process exporting from `database_url` (files in `files_path`)."""
+        process = _NodeProcess()
+        repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": repository, "METEORD_FILES_PATH": files_path,
+               "METEORD_EXPORTER_MARK_INTERVAL": "0.1", "METEORD_EXPORTER_CONCURRENCY": "3"}
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        transport = reactor.spawnProcess(
+            process, twistd, [twistd, "-n", "--pidfile=", "meteord", "--data-dir",
+                              os.path.abspath(self.mktemp()), "--database", database_url,
+                              "--http", "none", "--no-discovery"], env=env)
+
+        async def stop() -> None:
+            if not process.ended.called:
+                transport.signalProcess("TERM")
+            await process.ended
+
+        self.addCleanup(stop)
+        return process
 
     def exporter(self, store: Any, **kwargs: Any) -> ExporterService:
         kwargs.setdefault("mark_interval", 0.1)
@@ -305,7 +352,8 @@ class ReplicationTests(ReplicationMixin, TestCase):
         # answering requests (what they stored stays, their replies are lost), nobody
         # answering, then the hub back on its database.
         site = hub.service.getServiceNamed("http").site
-        await wait_until(lambda: len(site.in_flight) >= 2, interval=0.0005)
+        await wait_until(lambda: len(site.in_flight) >= 2, "two requests in the hub",
+                         interval=0.0005)
         front.mode = "drop"
         front.cut_all()
         await hub.stop()
@@ -338,7 +386,7 @@ class ReplicationTests(ReplicationMixin, TestCase):
         await wait_until(lambda: self.drained(camera.store, configs, 40, 0), timeout=30)
         await self.assert_replicated(camera, hub)
         self.assertGreaterEqual(exporter.totals().round_trips, 100)
-        self.assertEqual(front.connections, 2)
+        self.assertLessEqual(front.connections, 2)
 
     async def test_connection_cut_during_an_upload(self) -> None:
         hub, front, camera, configs = await self._through_front(10, file_bytes=2_000_000)
@@ -432,21 +480,22 @@ class ReplicationTests(ReplicationMixin, TestCase):
         self.assertEqual(copy["hashes"], {k: v for k, v in source["hashes"].items()
                                           if k not in victim_files})
 
-    async def test_two_exporters_on_one_postgres_source(self) -> None:
+    async def test_two_exporter_processes_on_one_postgres_source(self) -> None:
         hub = await self.start_hub()
         source_url = fresh_postgres_url()
         camera = await self.start_camera(database_url=source_url)
-        await self.populate(camera.store, events=80, stand_alone=10)
+        await self.populate(camera.store, events=120, stand_alone=10)
         configs = await self.add_exports(camera.store, hub.url("import"))
-        second_store = await open_store(source_url, camera.store.file_store.root.path,
-                                        default_camera_id=CAMERA, reactor=reactor)
-        self.addCleanup(second_store.close)
-        first = self.exporter(camera.store, concurrency=3)
-        second = self.exporter(second_store, concurrency=3)
-        await wait_until(lambda: self.drained(camera.store, configs, 80, 10), timeout=30)
+        other = await self.exporter_process(source_url, camera.store.file_store.root.path)
+        try:
+            await wait_until(lambda: self.status(camera.store, configs[0]).addCallback(
+                lambda status: status.done > 0), "the other process's first export", 30)
+        except AssertionError as e:
+            self.fail(f"{e}; its output:\n{other.output}")
+        exporter = self.exporter(camera.store, concurrency=3)
+        await wait_until(lambda: self.drained(camera.store, configs, 120, 10), timeout=30)
         await self.assert_replicated(camera, hub)
-        one, two = first.totals(), second.totals()
-        self.assertEqual(one.attempts + two.attempts, 90)
-        self.assertEqual(one.successes + two.successes, 90)
-        self.assertGreater(one.successes, 0)
-        self.assertGreater(two.successes, 0)
+        # Each task was claimed once, by one process or the other, and both had a share.
+        self.assertEqual(await camera.store.run(_attempts_made), 130)
+        successes = exporter.totals().successes
+        self.assertTrue(0 < successes < 130, successes)

@@ -13,9 +13,11 @@ Choices where the specification is silent:
 - A task's lease (default one hour) is renewed every half lease while its export goes on, so
   a long upload (a large file under a low rate cap) is never cut short by it. No request
   outlives the lease it holds, less a margin of 5 s: when a renewal is refused (the lease ran
-  out, or the task was changed meanwhile) or cannot reach the database in time, the request
-  is cut short as the lease runs out, and the task then fails as an entity failure naming the
-  lease. So two exporters on one database never send the same task at the same time.
+  out, or the task was claimed again or finished meanwhile) the export stops at once, and
+  when renewals cannot reach the database it stops as the lease runs out. Either way the
+  task is left as it is, neither failed nor released, since it may be another exporter's
+  now; it is counted in `leases_lost`. So two exporters on one database never send the
+  same task at the same time.
 - A configuration whose stored back-off (`deferred_until`) lies in the future, or that is
   outside its windows, still has new matches marked but sends nothing. A configuration stops
   claiming for the rest of the round after its first transport failure; entities already in
@@ -118,6 +120,7 @@ class ExportCounters:
     bytes_sent: int = 0
     round_trips: int = 0
     retried_requests: int = 0
+    leases_lost: int = 0
 
 
 class _EntityProblem(Exception):
@@ -130,6 +133,10 @@ class _TransportProblem(Exception):
 
 class _Stopping(Exception):
     """The service is stopping; the task goes back unchanged."""
+
+
+class _LeaseLost(Exception):
+    """The task's lease ran out or was refused: the task is left to whoever holds it now."""
 
 
 class _StaleConnection(Exception):
@@ -361,8 +368,8 @@ class _Lease:
     """
     The lease of `task`, claimed for `seconds`, while it is exported: `end` is when it runs
     out on `clock`, less the margin. Every half lease `store` is asked for another full lease;
-    when it gives one, `end` moves and the `deadline` of the request under way with it.
-    `release` stops the renewals once the export is over.
+    when it gives one, `end` moves and the `deadline` of the request under way with it, and
+    when it refuses, `end` is now. `release` stops the renewals once the export is over.
     """
 
     def __init__(self, clock: IReactorTime, store: Any, task: ExportTask,
@@ -385,15 +392,14 @@ class _Lease:
     def _renewed(self, extended: bool, asked: float) -> None:
         if not self._held:
             return
-        task = self._task
-        if not extended:
-            log.warn("export {config_id}: {kind} {entity_id}: its lease could not be renewed",
-                     config_id=task.config_id, kind=task.kind, entity_id=task.entity_id)
-            return
-        self.end = asked + self._seconds - LEASE_MARGIN_SECONDS
+        if extended:
+            self.end = asked + self._seconds - LEASE_MARGIN_SECONDS
+            self._call = self._clock.callLater(self._seconds / 2, self._renewing)
+        else:
+            # The lease is not this exporter's any more: stop now.
+            self.end = self._clock.seconds()
         if self.deadline is not None:
             self.deadline.reschedule()
-        self._call = self._clock.callLater(self._seconds / 2, self._renewing)
 
     def _not_renewed(self, failure: Failure) -> None:
         if not self._held:
@@ -600,8 +606,9 @@ class ExporterService(Service):
                  max_round_trips: int = MAX_ROUND_TRIPS, ca_file: Optional[str] = None) -> None:
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
-        if lease_seconds <= LEASE_MARGIN_SECONDS:
-            raise ValueError(f"lease_seconds must exceed {LEASE_MARGIN_SECONDS:g}")
+        if lease_seconds <= 2 * LEASE_MARGIN_SECONDS:
+            # Renewed at half its length, a lease must then still have its margin to run.
+            raise ValueError(f"lease_seconds must exceed {2 * LEASE_MARGIN_SECONDS:g}")
         self.store = store
         self._clock = clock
         self._injected_client = http_client
@@ -808,10 +815,17 @@ class ExporterService(Service):
                 sent += nbytes
                 action = protocol.on_reply(code, body)
         except _Stopping:
+            lease.release()
             await self.store.release_export_task(task.task_id)
             log.info("export {config_id}: {kind} {entity_id} given back, the exporter is "
                      "stopping", config_id=run.config.config_id, kind=task.kind,
                      entity_id=task.entity_id)
+            return None
+        except _LeaseLost:
+            counters.leases_lost += 1
+            log.warn("export {config_id}: {kind} {entity_id}: its lease ran out or was "
+                     "refused; left to whoever holds it now", config_id=run.config.config_id,
+                     kind=task.kind, entity_id=task.entity_id)
             return None
         finally:
             lease.release()
@@ -915,10 +929,11 @@ class ExporterService(Service):
         http = await self._client_for(config)
         deadlines: list[_Deadline] = []
         body = await open_body(lambda seconds: deadlines[0].extend(seconds))
-        if self._stopping:
+        lost = lease.end <= self._clock.seconds()
+        if self._stopping or lost:
             if isinstance(body, _FileBody):
                 body.close()
-            raise _Stopping()
+            raise _LeaseLost() if lost else _Stopping()
         deadline = _Deadline(self._clock, timeout, lease)
         deadlines.append(deadline)
         lease.deadline = deadline
@@ -937,9 +952,7 @@ class ExporterService(Service):
             return await d
         except Exception as e:
             if deadline.expired == "lease":
-                raise _EntityProblem(
-                    f"the task's lease of {self.lease_seconds:g} s ran out before the "
-                    f"export finished (it could not be renewed)") from None
+                raise _LeaseLost() from None
             if deadline.expired == "timeout":
                 raise _TransportProblem(
                     f"no complete reply within {deadline.timeout:g} s") from None

@@ -676,7 +676,7 @@ def _release_task(task_id: int) -> Operation[None]:
 def _renew_task(task_id: int, attempt: int, now: int, lease_until: int) -> Operation[bool]:
     result = yield Query(
         "UPDATE export_tasks SET lease_until = ? "
-        "WHERE id = ? AND attempts = ? AND state = 'pending' AND lease_until > ?",
+        "WHERE id = ? AND attempts = ? AND lease_until > ?",
         (lease_until, task_id, attempt, now))
     return result.rowcount == 1
 
