@@ -479,6 +479,25 @@ class ExporterTestMixin:
         service.startService()
         return service
 
+    def export_throttled_upload(self, **kwargs: Any) -> ExportConfiguration:
+        """
+        Export an event with one 64 KiB file under a cap of 1,000 bytes/s (about 65 s of
+        upload) for 70 s of the clock; its configuration.
+        """
+        config = self.store.add_config(export_config(max_bytes_per_second=1000))
+        event = self.event_with_files(config, 64 * 1024)
+
+        def handler(request: FakeRequest) -> Reply:
+            if request.type == "upload":
+                return 200, {"state": "continue"}
+            if len(self.importer.requests) > 1:
+                return 200, {"state": "complete"}
+            return 200, {"state": "need_file_data", "file_id": event.files[0].file_id}
+
+        self.run_once(handler, **kwargs)
+        self.clock.pump([1.0] * 70)
+        return config
+
     def state(self, config: ExportConfiguration) -> list[str]:
         return [t.state for t in self.store.tasks_of(config)]
 
@@ -1145,18 +1164,7 @@ class TimeoutTests(ExporterTestMixin, TestCase):
         self.assertEqual(self.store.renewals, 2)
 
     def test_a_throttled_upload_outlasting_its_lease_goes_on(self) -> None:
-        config = self.store.add_config(export_config(max_bytes_per_second=1000))
-        event = self.event_with_files(config, 64 * 1024)
-
-        def handler(request: FakeRequest) -> Reply:
-            if request.type == "upload":
-                return 200, {"state": "continue"}
-            if len(self.importer.requests) > 1:
-                return 200, {"state": "complete"}
-            return 200, {"state": "need_file_data", "file_id": event.files[0].file_id}
-
-        self.run_once(handler, lease_seconds=20.0)
-        self.clock.pump([1.0] * 70)
+        config = self.export_throttled_upload(lease_seconds=20.0)
         self.assertEqual(self.state(config), ["done"])
         self.assertEqual(self.store.renewals, 6)
         self.clock.advance(100.0)
@@ -1234,18 +1242,7 @@ class WindowAndRateTests(ExporterTestMixin, TestCase):
         self.assertEqual(self.state(config), ["done"])
 
     def test_waiting_on_the_rate_cap_extends_the_timeout(self) -> None:
-        config = self.store.add_config(export_config(max_bytes_per_second=1000))
-        event = self.event_with_files(config, 64 * 1024)
-
-        def handler(request: FakeRequest) -> Reply:
-            if request.type == "upload":
-                return 200, {"state": "continue"}
-            if len(self.importer.requests) > 1:
-                return 200, {"state": "complete"}
-            return 200, {"state": "need_file_data", "file_id": event.files[0].file_id}
-
-        self.run_once(handler)
-        self.clock.pump([1.0] * 70)
+        config = self.export_throttled_upload()
         self.assertEqual(self.state(config), ["done"])
         self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
 
