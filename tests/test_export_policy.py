@@ -67,11 +67,8 @@ class FailureAccountTests(SynchronousTestCase):
             account = decision.account
         self.assertEqual(account.consecutive_failures, 1)
 
-    def test_success_resets_the_count(self):
-        policy = FailurePolicy()
-        account = FailureAccount(3, 500)
-        self.assertEqual(account.success(), FailureAccount(0, 500))
-        decision = account.success().transport_failure(policy, "x", 500)
+    def test_a_count_reset_by_a_success_starts_again(self):
+        decision = FailureAccount(0, 500).transport_failure(FailurePolicy(), "x", 500)
         self.assertEqual(decision.account.consecutive_failures, 1)
         self.assertFalse(decision.disable)
 

@@ -130,6 +130,7 @@ class FakeStore:
         self.combined = 0
         self.renewals = 0
         self.refuse_renewals = False
+        self.recorded = 0
         self.renewal_error: Optional[Exception] = None
         self.held_renewals: Optional[list[Deferred]] = None
         self.fail_next: dict[str, Exception] = {}
@@ -229,7 +230,8 @@ class FakeStore:
         assert task.state == "pending", task
         task.state, task.lease_until, task.bytes_sent = "done", None, bytes_sent
         self.outcomes[task.config_id] = attrs.evolve(
-            self.outcomes[task.config_id], last_success=ms_to_datetime(int(self.now() * 1000)))
+            self.outcomes[task.config_id], consecutive_failures=0,
+            last_success=ms_to_datetime(int(self.now() * 1000)))
         return succeed(None)
 
     def complete_and_claim_export_tasks(self, task_id: int, bytes_sent: int, config_id: str,
@@ -272,13 +274,17 @@ class FakeStore:
                 count += 1
         return succeed(count)
 
-    def record_export_outcome(self, config_id: str, outcome: ExportOutcome) -> Deferred:
+    def record_export_outcome(self, config_id: str, outcome: ExportOutcome,
+                              if_failures: Optional[int] = None) -> Deferred:
+        self.recorded += 1
         old = self.outcomes[config_id]
+        if if_failures is not None and old.consecutive_failures != if_failures:
+            return succeed(False)
         self.outcomes[config_id] = attrs.evolve(
             outcome, last_error=outcome.last_error or old.last_error,
             last_success=outcome.last_success or old.last_success)
         self.configs[config_id] = attrs.evolve(self.configs[config_id], enabled=outcome.enabled)
-        return succeed(None)
+        return succeed(True)
 
     def get_camera_status_by_id(self, status_id: str) -> Deferred:
         return succeed(self.statuses.get(status_id))
@@ -966,30 +972,45 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.assertTrue(all(t.due == self.clock.seconds() + 1800
                             for t in self.store.tasks_of(config)))
 
-    def test_a_failed_reset_loses_no_claimed_task(self) -> None:
-        """
-        The reset after a success runs once the next task is claimed: if it fails, that task
-        is still exported, and a later success resets the count.
-        """
-        config = self.config_with_events(3)
-        self.store.outcomes[config.config_id] = attrs.evolve(
-            self.store.outcomes[config.config_id], consecutive_failures=1)
-        record = self.store.record_export_outcome
-        calls = []
+    def test_a_success_resets_a_count_raised_by_another_exporter(self) -> None:
+        config = self.config_with_events(1)
 
-        def record_failing_once(config_id: str, outcome: ExportOutcome) -> Deferred:
-            calls.append(outcome.consecutive_failures)
-            if len(calls) == 1:
-                return fail(RuntimeError("database gone"))
-            return record(config_id, outcome)
+        def handler(request: FakeRequest) -> Reply:
+            # Meanwhile another exporter on the same database counted two failures.
+            self.store.outcomes[config.config_id] = attrs.evolve(
+                self.store.outcomes[config.config_id], consecutive_failures=2)
+            return 200, {"state": "complete"}
 
-        self.store.record_export_outcome = record_failing_once
-        service = self.run_once(complete, concurrency=1)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.assertEqual(service.round_errors, 1)
-        self.assertEqual(self.state(config), ["done", "done", "done"])
-        self.assertEqual(calls, [0, 0])
+        self.run_once(handler)
+        self.assertEqual(self.state(config), ["done"])
         self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
+
+    def test_a_count_changed_meanwhile_is_read_and_decided_again(self) -> None:
+        config = self.config_with_events(1)
+        read = self.store.get_export_status
+        theirs = ms_to_datetime(int(self.clock.seconds() * 1000) + 60_000)
+        reads = []
+
+        def reading(config_id: str) -> Deferred:
+            reads.append(config_id)
+            d = read(config_id)
+            if len(reads) == 2:
+                # Between the failure's read and its write, another exporter counts the
+                # same outage.
+                self.store.outcomes[config_id] = attrs.evolve(
+                    self.store.outcomes[config_id], consecutive_failures=1,
+                    deferred_until=theirs)
+            return d
+
+        self.store.get_export_status = reading
+        self.run_once(lambda r: (503, b""))
+        outcome = self.store.outcomes[config.config_id]
+        # One write tried and refused; read again, it was the same outage: counted once, by
+        # the other exporter, whose back-off stands.
+        self.assertEqual(self.store.recorded, 1)
+        self.assertEqual((outcome.consecutive_failures, outcome.deferred_until,
+                          outcome.last_error, outcome.enabled), (1, theirs, None, True))
+        self.assertEqual(self.state(config), ["pending"])
 
     def test_success_resets_the_count(self) -> None:
         config = self.config_with_events(2)

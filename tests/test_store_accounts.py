@@ -337,6 +337,22 @@ class ExportConfigurationTests:
             "config_id": config.config_id, "enabled": True, "pending": 0, "done": 0,
             "failed": 0, "consecutive_failures": 0, "last_error": "timeout", "bytes_sent": 0})
 
+    async def test_outcome_only_if_the_count_is_still_the_one_read(self) -> None:
+        config = _export_config(new_id())
+        await self.store.create_or_update_export_configuration(config)
+        first = ExportOutcome(consecutive_failures=1, deferred_until=_at(NOW_MS + 60_000),
+                              enabled=True, last_error="refused")
+        self.assertTrue(await self.store.record_export_outcome(config.config_id, first,
+                                                               if_failures=0))
+        second = ExportOutcome(consecutive_failures=1, deferred_until=_at(NOW_MS + 1_800_000),
+                               enabled=True, last_error="timeout")
+        self.assertFalse(await self.store.record_export_outcome(config.config_id, second,
+                                                                if_failures=0))
+        self.assertEqual((await self.store.get_export_status(config.config_id)).outcome(),
+                         first)
+        self.assertFalse(await self.store.record_export_outcome(new_id(), first,
+                                                                if_failures=0))
+
 
 CAMERA_A, CAMERA_B = "0123456789ab", "ba9876543210"
 
@@ -538,6 +554,23 @@ class ExportTaskTests:
         await self.store.release_export_task(task.task_id)
         (again,) = await self.claim()
         self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
+
+    async def test_a_success_resets_the_failure_count(self) -> None:
+        await self.add_events(1, 2)
+        await self.store.mark_entities_to_export(self.config)
+        first, second = await self.claim()
+        failing = ExportOutcome(consecutive_failures=3, deferred_until=_at(NOW_MS + 60_000),
+                                enabled=True, last_error="timeout")
+        for complete in (
+                lambda: self.store.complete_export_task(first.task_id, 10),
+                lambda: self.store.complete_and_claim_export_tasks(
+                    second.task_id, 10, self.config.config_id, 1, 60)):
+            await self.store.record_export_outcome(self.config.config_id, failing)
+            await complete()
+            status = await self.store.get_export_status(self.config.config_id)
+            # Only the count: the back-off and the last error stay.
+            self.assertEqual(status.outcome(), attrs.evolve(
+                failing, consecutive_failures=0, last_success=_at(NOW_MS)))
 
     async def test_renew_extends_a_running_lease(self) -> None:
         await self.add_events(1)

@@ -22,7 +22,7 @@ Choices where the specification is silent:
 
 from typing import Optional
 
-from attrs import evolve, frozen
+from attrs import frozen
 
 DEFAULT_DEFER_ON_FAILURE_SECONDS = 1800
 DEFAULT_MAX_FAILURES_BEFORE_DISABLE = 4
@@ -58,7 +58,8 @@ class FailureDecision:
 class FailureAccount:
     """
     The stored failure state of one export configuration. Entity failures never change it;
-    call `transport_failure` after a transport failure and `success` after a completed task.
+    call `transport_failure` after a transport failure (a success resets the count in the
+    store, as the task is marked done).
     """
 
     consecutive_failures: int = 0
@@ -79,10 +80,6 @@ class FailureAccount:
         return FailureDecision(
             account=FailureAccount(failures, defer_until_ms), counted=True,
             defer_until_ms=defer_until_ms, disable=disable, reason=reason)
-
-    def success(self) -> "FailureAccount":
-        """Reset the count after a success."""
-        return evolve(self, consecutive_failures=0)
 
 
 def request_timeout(upload_bytes: int = 0) -> float:

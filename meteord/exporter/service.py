@@ -24,8 +24,11 @@ Choices where the specification is silent:
   flight finish. Every transport failure defers the configuration's pending tasks to the
   stored back-off, even one not counted because the configuration was already deferred, so a
   released task is never retried at once.
-- Success resets the stored failure count at once when it is not zero (the store notes
-  `last_success` itself when a task completes).
+- A success resets the stored failure count as the store marks the task done, in the same
+  statement, so a success in one process resets a count raised by another. A transport
+  failure's count is stored only if no success or other failure changed it since it was
+  read; otherwise it is read and decided again, so two exporters failing together count the
+  outage once.
 - A worker that takes another task marks the one it finished done and claims the next in one
   transaction (`complete_and_claim_export_tasks`), one trip to the database instead of two.
   Each claim counts against the round's `batch_size` before it is made.
@@ -90,7 +93,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from meteord.exporter.policy import FailureAccount, FailurePolicy, RateLimiter, request_timeout
+from meteord.exporter.policy import (
+    FailureAccount, FailureDecision, FailurePolicy, RateLimiter, request_timeout)
 from meteord.exporter.protocol import (
     MAX_ROUND_TRIPS, Done, EntityFailed, ExportProtocol, SendCachedEntity, SendEntity,
     SendStatus, TransportFailed, UploadFile)
@@ -1005,32 +1009,11 @@ class ExporterService(Service):
         log.debug("export {config_id}: {kind} {entity_id} complete after {round_trips} round "
                   "trips, {sent} bytes", config_id=config_id, kind=task.kind,
                   entity_id=task.entity_id, round_trips=round_trips, sent=sent)
-        try:
-            await self._reset_failures(run)
-        except Exception:
-            # The next task is claimed already: it goes ahead, and a later success resets.
-            self.round_errors += 1
-            log.failure("export {config_id}: the failure count could not be reset",
-                        config_id=config_id)
-        return next_task
-
-    async def _reset_failures(self, run: _ConfigRound) -> None:
-        config_id = run.config.config_id
-        async with run.lock:
-            if run.outcome.consecutive_failures == 0:
-                return
-            status = await self.store.get_export_status(config_id)
-            if status is None:
-                return
-            account = FailureAccount(status.consecutive_failures,
-                                     _ms(status.deferred_until)).success()
-            outcome = attrs.evolve(status.outcome(),
-                                   consecutive_failures=account.consecutive_failures,
-                                   last_success=None, last_error=None)
-            await self.store.record_export_outcome(config_id, outcome)
-            run.outcome = outcome
+        if run.outcome.consecutive_failures:
+            run.outcome = attrs.evolve(run.outcome, consecutive_failures=0)
             log.info("export {config_id}: importer reachable again, failure count reset",
                      config_id=config_id)
+        return next_task
 
     async def _entity_failed(self, run: _ConfigRound, task: ExportTask, reason: str) -> None:
         config_id = run.config.config_id
@@ -1044,24 +1027,11 @@ class ExporterService(Service):
         self.counters[config_id].transport_failures += 1
         run.halted = True
         async with run.lock:
-            now_ms = self._now_ms()
-            status = await self.store.get_export_status(config_id)
-            if status is None:
+            counted = await self._count_transport_failure(run, reason)
+            if counted is None:
                 await self.store.release_export_task(task.task_id)
                 return
-            account = FailureAccount(status.consecutive_failures, _ms(status.deferred_until))
-            decision = account.transport_failure(self.failure_policy, reason, now_ms)
-            if decision.counted:
-                outcome = attrs.evolve(
-                    status.outcome(),
-                    consecutive_failures=decision.account.consecutive_failures,
-                    deferred_until=ms_to_datetime(decision.defer_until_ms),
-                    enabled=status.enabled and not decision.disable,
-                    disabled_reason=decision.reason if decision.disable
-                    else status.disabled_reason,
-                    last_error=reason, last_success=None)
-                await self.store.record_export_outcome(config_id, outcome)
-                run.outcome = outcome
+            decision, now_ms = counted
             await self.store.release_export_task(task.task_id)
             await self.store.defer_export_tasks(
                 config_id, max(0.0, (decision.defer_until_ms - now_ms) / 1000))
@@ -1079,6 +1049,36 @@ class ExporterService(Service):
             log.info("export {config_id}: {kind} {entity_id}: transport failure during the "
                      "same outage ({reason})", config_id=config_id, kind=task.kind,
                      entity_id=task.entity_id, reason=reason)
+
+    async def _count_transport_failure(self, run: _ConfigRound, reason: str
+                                       ) -> Optional[tuple[FailureDecision, int]]:
+        """
+        Decide on a transport failure from the stored accounting and store the count it
+        comes to, if no success or other failure changed the count since it was read (else
+        read and decide again: each time, another exporter's change went through). The
+        decision and the time it was made at; None if the configuration is gone.
+        """
+        config_id = run.config.config_id
+        while True:
+            now_ms = self._now_ms()
+            status = await self.store.get_export_status(config_id)
+            if status is None:
+                return None
+            account = FailureAccount(status.consecutive_failures, _ms(status.deferred_until))
+            decision = account.transport_failure(self.failure_policy, reason, now_ms)
+            if not decision.counted:
+                return decision, now_ms
+            outcome = attrs.evolve(
+                status.outcome(),
+                consecutive_failures=decision.account.consecutive_failures,
+                deferred_until=ms_to_datetime(decision.defer_until_ms),
+                enabled=status.enabled and not decision.disable,
+                disabled_reason=decision.reason if decision.disable else status.disabled_reason,
+                last_error=reason, last_success=None)
+            if await self.store.record_export_outcome(
+                    config_id, outcome, if_failures=status.consecutive_failures):
+                run.outcome = outcome
+                return decision, now_ms
 
 
 def _file_record(task: ExportTask, file_id: str) -> FileRecord:

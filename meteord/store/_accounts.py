@@ -21,11 +21,14 @@ Decisions where the specification is silent:
   the oldest first. A claimed task whose entity has been deleted since (a high-water-mark
   rollback) is dropped, not returned.
 - The split between task updates and failure accounting: ``complete_export_task`` marks the
-  task done, adds its bytes to the configuration's total and sets ``last_success``;
-  ``fail_export_task`` marks it failed and sets the configuration's ``last_error`` too;
-  ``record_export_outcome`` stores the count, back-off, enabled flag and reason the exporter's
-  policy decided (resetting the count after a success is the policy's decision, stored there).
-  ``last_error``/``last_success`` are the most recent ever: an outcome's None keeps them.
+  task done, adds its bytes to the configuration's total, sets ``last_success`` and resets the
+  consecutive failure count (replication.md: any success resets it), in one statement, so a
+  success in one process resets a count raised by another; ``fail_export_task`` marks it
+  failed and sets the configuration's ``last_error`` too; ``record_export_outcome`` stores
+  the count, back-off, enabled flag and reason the exporter's policy decided, optionally only
+  if the count is still the one it was decided from (``if_failures``), so that no success
+  or other failure in between is overwritten. ``last_error``/``last_success`` are the most
+  recent ever: an outcome's None keeps them.
 - ``renew_export_task`` extends only the lease of the claim named by its attempt number, and
   only while it runs: a lease that ran out, or a task claimed again since, is left alone.
 - ``release_export_task`` clears the lease and keeps the attempt counted; ``retry_export_tasks``
@@ -220,7 +223,10 @@ class AccountOperations:
                 for task_id, kind, entity, attempts in claimed]
 
     def complete_export_task(self, task_id: int, bytes_sent: int = 0) -> Deferred[None]:
-        """Mark a task done, add its bytes to the configuration's total, note the success."""
+        """
+        Mark a task done, add its bytes to the configuration's total, note the success and
+        reset the configuration's consecutive failures.
+        """
         try:
             _check_bytes_sent(bytes_sent)
         except ValueError:
@@ -263,9 +269,13 @@ class AccountOperations:
         """Failed tasks of a configuration become pending and due now. -> tasks moved"""
         return self.run(_retry_tasks, config_id, self.now_ms())
 
-    def record_export_outcome(self, config_id: str, outcome: ExportOutcome) -> Deferred[None]:
-        """Store a configuration's failure accounting."""
-        return self.run(_record_outcome, config_id, outcome)
+    def record_export_outcome(self, config_id: str, outcome: ExportOutcome,
+                              if_failures: Optional[int] = None) -> Deferred[bool]:
+        """
+        Store a configuration's failure accounting; with ``if_failures``, only if its stored
+        consecutive failure count is that. Whether it was stored.
+        """
+        return self.run(_record_outcome, config_id, outcome, if_failures)
 
     def get_export_status(self, config_id: str) -> Deferred[Optional[ExportStatus]]:
         """Task counts and failure accounting of a configuration, or None."""
@@ -506,15 +516,20 @@ def _delete_config(config_id: str) -> Operation[bool]:
     return result.rowcount > 0
 
 
-def _record_outcome(config_id: str, outcome: ExportOutcome) -> Operation[None]:
+def _record_outcome(config_id: str, outcome: ExportOutcome,
+                    if_failures: Optional[int]) -> Operation[bool]:
+    condition, expected = ("", ()) if if_failures is None else (
+        " AND consecutive_failures = ?", (if_failures,))
     result = yield Query(
         "UPDATE export_configs SET consecutive_failures = ?, deferred_until = ?, enabled = ?, "
         "disabled_reason = ?, last_error = COALESCE(?, last_error), "
-        "last_success = COALESCE(?, last_success) WHERE config_id = ?",
+        "last_success = COALESCE(?, last_success) WHERE config_id = ?" + condition,
         (outcome.consecutive_failures, _ms(outcome.deferred_until), outcome.enabled,
-         outcome.disabled_reason, outcome.last_error, _ms(outcome.last_success), config_id))
-    if result.rowcount == 0:
+         outcome.disabled_reason, outcome.last_error, _ms(outcome.last_success), config_id,
+         *expected))
+    if result.rowcount == 0 and if_failures is None:
         raise EntityNotFound(config_id, "Export configuration")
+    return result.rowcount == 1
 
 
 def _select_status(config_id: str) -> Operation[Optional[ExportStatus]]:
@@ -649,9 +664,10 @@ def _mark_done(task_id: int) -> Operation[None]:
 
 
 def _count_success(task_id: int, bytes_sent: int, now: int) -> Operation[None]:
-    """Add a done task's bytes and time to its configuration's totals."""
+    """Add a done task's bytes and time to its configuration's totals; reset its failures."""
     yield Query(
-        "UPDATE export_configs SET bytes_sent = bytes_sent + ?, last_success = ? "
+        "UPDATE export_configs SET bytes_sent = bytes_sent + ?, last_success = ?, "
+        "consecutive_failures = 0 "
         "WHERE id = (SELECT config_pk FROM export_tasks WHERE id = ?)",
         (bytes_sent, now, task_id))
 
