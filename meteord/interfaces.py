@@ -261,7 +261,7 @@ class IMeteorStore(Interface):
         """
 
     def complete_export_task(task_id, bytes_sent=0):
-        """Mark a task done, count the bytes sent, reset the config's failures. -> None"""
+        """Mark a task done, count the bytes sent, reset an enabled config's failures. -> None"""
 
     def complete_and_claim_export_tasks(task_id, bytes_sent, config_id, limit, lease_seconds):
         """
@@ -288,10 +288,11 @@ class IMeteorStore(Interface):
     def retry_export_tasks(config_id):
         """Failed tasks of a config become pending and due now. -> int"""
 
-    def record_export_outcome(config_id, outcome, if_failures=None):
+    def record_export_outcome(config_id, outcome, if_unchanged=None):
         """
-        Store a config's failure accounting (an ExportOutcome); with ``if_failures``, only if
-        its stored consecutive failure count is that. -> bool (stored)
+        Store a config's failure accounting (an ExportOutcome); with ``if_unchanged`` (the
+        ExportOutcome it was decided from), only if the stored count and enabled flag are
+        still its. -> bool (stored)
         """
 
     def get_export_status(config_id):

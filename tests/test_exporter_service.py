@@ -229,8 +229,9 @@ class FakeStore:
         task = self.tasks[task_id]
         assert task.state == "pending", task
         task.state, task.lease_until, task.bytes_sent = "done", None, bytes_sent
+        outcome = self.outcomes[task.config_id]
         self.outcomes[task.config_id] = attrs.evolve(
-            self.outcomes[task.config_id], consecutive_failures=0,
+            outcome, consecutive_failures=0 if outcome.enabled else outcome.consecutive_failures,
             last_success=ms_to_datetime(int(self.now() * 1000)))
         return succeed(None)
 
@@ -275,10 +276,12 @@ class FakeStore:
         return succeed(count)
 
     def record_export_outcome(self, config_id: str, outcome: ExportOutcome,
-                              if_failures: Optional[int] = None) -> Deferred:
+                              if_unchanged: Optional[ExportOutcome] = None) -> Deferred:
         self.recorded += 1
-        old = self.outcomes[config_id]
-        if if_failures is not None and old.consecutive_failures != if_failures:
+        old = self.outcomes.get(config_id)
+        if if_unchanged is not None and (
+                old is None or (old.consecutive_failures, old.enabled)
+                != (if_unchanged.consecutive_failures, if_unchanged.enabled)):
             return succeed(False)
         self.outcomes[config_id] = attrs.evolve(
             outcome, last_error=outcome.last_error or old.last_error,
@@ -972,19 +975,6 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.assertTrue(all(t.due == self.clock.seconds() + 1800
                             for t in self.store.tasks_of(config)))
 
-    def test_a_success_resets_a_count_raised_by_another_exporter(self) -> None:
-        config = self.config_with_events(1)
-
-        def handler(request: FakeRequest) -> Reply:
-            # Meanwhile another exporter on the same database counted two failures.
-            self.store.outcomes[config.config_id] = attrs.evolve(
-                self.store.outcomes[config.config_id], consecutive_failures=2)
-            return 200, {"state": "complete"}
-
-        self.run_once(handler)
-        self.assertEqual(self.state(config), ["done"])
-        self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
-
     def test_a_count_changed_meanwhile_is_read_and_decided_again(self) -> None:
         config = self.config_with_events(1)
         read = self.store.get_export_status
@@ -1006,11 +996,12 @@ class TransportFailureTests(ExporterTestMixin, TestCase):
         self.run_once(lambda r: (503, b""))
         outcome = self.store.outcomes[config.config_id]
         # One write tried and refused; read again, it was the same outage: counted once, by
-        # the other exporter, whose back-off stands.
+        # the other exporter, whose back-off stands for the tasks too.
         self.assertEqual(self.store.recorded, 1)
         self.assertEqual((outcome.consecutive_failures, outcome.deferred_until,
                           outcome.last_error, outcome.enabled), (1, theirs, None, True))
-        self.assertEqual(self.state(config), ["pending"])
+        [task] = self.store.tasks_of(config)
+        self.assertEqual((task.state, task.due), ("pending", datetime_to_ms(theirs) / 1000))
 
     def test_success_resets_the_count(self) -> None:
         config = self.config_with_events(2)

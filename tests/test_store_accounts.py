@@ -337,21 +337,29 @@ class ExportConfigurationTests:
             "config_id": config.config_id, "enabled": True, "pending": 0, "done": 0,
             "failed": 0, "consecutive_failures": 0, "last_error": "timeout", "bytes_sent": 0})
 
-    async def test_outcome_only_if_the_count_is_still_the_one_read(self) -> None:
+    async def test_outcome_only_if_count_and_enabled_flag_are_still_those_read(self) -> None:
         config = _export_config(new_id())
         await self.store.create_or_update_export_configuration(config)
+        fresh = ExportOutcome(enabled=True)
         first = ExportOutcome(consecutive_failures=1, deferred_until=_at(NOW_MS + 60_000),
                               enabled=True, last_error="refused")
         self.assertTrue(await self.store.record_export_outcome(config.config_id, first,
-                                                               if_failures=0))
+                                                               if_unchanged=fresh))
         second = ExportOutcome(consecutive_failures=1, deferred_until=_at(NOW_MS + 1_800_000),
                                enabled=True, last_error="timeout")
         self.assertFalse(await self.store.record_export_outcome(config.config_id, second,
-                                                                if_failures=0))
+                                                                if_unchanged=fresh))
         self.assertEqual((await self.store.get_export_status(config.config_id)).outcome(),
                          first)
+        # An operator disables it meanwhile: a write decided while it was enabled is refused.
+        await self.store.create_or_update_export_configuration(
+            attrs.evolve(config, enabled=False))
+        third = attrs.evolve(first, consecutive_failures=2)
+        self.assertFalse(await self.store.record_export_outcome(config.config_id, third,
+                                                                if_unchanged=first))
+        self.assertFalse((await self.store.get_export_status(config.config_id)).enabled)
         self.assertFalse(await self.store.record_export_outcome(new_id(), first,
-                                                                if_failures=0))
+                                                                if_unchanged=fresh))
 
 
 CAMERA_A, CAMERA_B = "0123456789ab", "ba9876543210"
@@ -571,6 +579,17 @@ class ExportTaskTests:
             # Only the count: the back-off and the last error stay.
             self.assertEqual(status.outcome(), attrs.evolve(
                 failing, consecutive_failures=0, last_success=_at(NOW_MS)))
+
+    async def test_a_success_leaves_the_count_of_a_disabled_configuration(self) -> None:
+        await self.add_events(1)
+        await self.store.mark_entities_to_export(self.config)
+        (task,) = await self.claim()
+        disabled = ExportOutcome(consecutive_failures=4, enabled=False,
+                                 disabled_reason="4 consecutive transport failures")
+        await self.store.record_export_outcome(self.config.config_id, disabled)
+        await self.store.complete_export_task(task.task_id, 10)
+        status = await self.store.get_export_status(self.config.config_id)
+        self.assertEqual((status.consecutive_failures, status.done), (4, 1))
 
     async def test_renew_extends_a_running_lease(self) -> None:
         await self.add_events(1)

@@ -26,9 +26,9 @@ Choices where the specification is silent:
   released task is never retried at once.
 - A success resets the stored failure count as the store marks the task done, in the same
   statement, so a success in one process resets a count raised by another. A transport
-  failure's count is stored only if no success or other failure changed it since it was
-  read; otherwise it is read and decided again, so two exporters failing together count the
-  outage once.
+  failure's count is stored only if no success, other failure or operator changed the count
+  or the enabled flag since they were read; otherwise it is read and decided again, so two
+  exporters failing together count the outage once and an operator's disabling stands.
 - A worker that takes another task marks the one it finished done and claims the next in one
   transaction (`complete_and_claim_export_tasks`), one trip to the database instead of two.
   Each claim counts against the round's `batch_size` before it is made.
@@ -993,8 +993,8 @@ class ExporterService(Service):
     async def _succeeded(self, run: _ConfigRound, task: ExportTask, sent: int,
                          round_trips: int) -> Optional[ExportTask]:
         """
-        Mark the task done, with the claim of the worker's next task in the same trip to the
-        store when it takes one, then reset the failure count if it is not zero; that task.
+        Mark the task done (which resets the stored failure count), with the claim of the
+        worker's next task in the same trip to the store when it takes one; that task.
         """
         config_id = run.config.config_id
         next_task = None
@@ -1053,10 +1053,10 @@ class ExporterService(Service):
     async def _count_transport_failure(self, run: _ConfigRound, reason: str
                                        ) -> Optional[tuple[FailureDecision, int]]:
         """
-        Decide on a transport failure from the stored accounting and store the count it
-        comes to, if no success or other failure changed the count since it was read (else
-        read and decide again: each time, another exporter's change went through). The
-        decision and the time it was made at; None if the configuration is gone.
+        Decide on a transport failure from the stored accounting and store what it comes
+        to, if neither the count nor the enabled flag changed since they were read (else
+        read and decide again: each time, another writer's change went through, so this
+        ends). The decision and the time it was made at; None if the configuration is gone.
         """
         config_id = run.config.config_id
         while True:
@@ -1076,7 +1076,7 @@ class ExporterService(Service):
                 disabled_reason=decision.reason if decision.disable else status.disabled_reason,
                 last_error=reason, last_success=None)
             if await self.store.record_export_outcome(
-                    config_id, outcome, if_failures=status.consecutive_failures):
+                    config_id, outcome, if_unchanged=status.outcome()):
                 run.outcome = outcome
                 return decision, now_ms
 

@@ -22,13 +22,16 @@ Decisions where the specification is silent:
   rollback) is dropped, not returned.
 - The split between task updates and failure accounting: ``complete_export_task`` marks the
   task done, adds its bytes to the configuration's total, sets ``last_success`` and resets the
-  consecutive failure count (replication.md: any success resets it), in one statement, so a
+  consecutive failure count of an enabled configuration (replication.md: any success resets
+  it), in one statement, so a
   success in one process resets a count raised by another; ``fail_export_task`` marks it
   failed and sets the configuration's ``last_error`` too; ``record_export_outcome`` stores
   the count, back-off, enabled flag and reason the exporter's policy decided, optionally only
-  if the count is still the one it was decided from (``if_failures``), so that no success
-  or other failure in between is overwritten. ``last_error``/``last_success`` are the most
-  recent ever: an outcome's None keeps them.
+  if the count and the enabled flag are still those it was decided from (``if_unchanged``),
+  so that no success, other failure or operator's change in between is overwritten. A
+  success on a disabled configuration leaves its count, which its reason names, until an
+  operator re-enables it. ``last_error``/``last_success`` are the most recent ever: an
+  outcome's None keeps them.
 - ``renew_export_task`` extends only the lease of the claim named by its attempt number, and
   only while it runs: a lease that ran out, or a task claimed again since, is left alone.
 - ``release_export_task`` clears the lease and keeps the attempt counted; ``retry_export_tasks``
@@ -270,12 +273,13 @@ class AccountOperations:
         return self.run(_retry_tasks, config_id, self.now_ms())
 
     def record_export_outcome(self, config_id: str, outcome: ExportOutcome,
-                              if_failures: Optional[int] = None) -> Deferred[bool]:
+                              if_unchanged: Optional[ExportOutcome] = None) -> Deferred[bool]:
         """
-        Store a configuration's failure accounting; with ``if_failures``, only if its stored
-        consecutive failure count is that. Whether it was stored.
+        Store a configuration's failure accounting; with ``if_unchanged`` (the accounting it
+        was decided from), only if the stored count and enabled flag are still its. Whether
+        it was stored.
         """
-        return self.run(_record_outcome, config_id, outcome, if_failures)
+        return self.run(_record_outcome, config_id, outcome, if_unchanged)
 
     def get_export_status(self, config_id: str) -> Deferred[Optional[ExportStatus]]:
         """Task counts and failure accounting of a configuration, or None."""
@@ -517,9 +521,10 @@ def _delete_config(config_id: str) -> Operation[bool]:
 
 
 def _record_outcome(config_id: str, outcome: ExportOutcome,
-                    if_failures: Optional[int]) -> Operation[bool]:
-    condition, expected = ("", ()) if if_failures is None else (
-        " AND consecutive_failures = ?", (if_failures,))
+                    if_unchanged: Optional[ExportOutcome]) -> Operation[bool]:
+    condition, expected = ("", ()) if if_unchanged is None else (
+        " AND consecutive_failures = ? AND enabled = ?",
+        (if_unchanged.consecutive_failures, if_unchanged.enabled))
     result = yield Query(
         "UPDATE export_configs SET consecutive_failures = ?, deferred_until = ?, enabled = ?, "
         "disabled_reason = ?, last_error = COALESCE(?, last_error), "
@@ -527,7 +532,7 @@ def _record_outcome(config_id: str, outcome: ExportOutcome,
         (outcome.consecutive_failures, _ms(outcome.deferred_until), outcome.enabled,
          outcome.disabled_reason, outcome.last_error, _ms(outcome.last_success), config_id,
          *expected))
-    if result.rowcount == 0 and if_failures is None:
+    if result.rowcount == 0 and if_unchanged is None:
         raise EntityNotFound(config_id, "Export configuration")
     return result.rowcount == 1
 
@@ -664,10 +669,13 @@ def _mark_done(task_id: int) -> Operation[None]:
 
 
 def _count_success(task_id: int, bytes_sent: int, now: int) -> Operation[None]:
-    """Add a done task's bytes and time to its configuration's totals; reset its failures."""
+    """
+    Add a done task's bytes and time to its configuration's totals; reset its failures if it
+    is enabled.
+    """
     yield Query(
         "UPDATE export_configs SET bytes_sent = bytes_sent + ?, last_success = ?, "
-        "consecutive_failures = 0 "
+        "consecutive_failures = CASE WHEN enabled THEN 0 ELSE consecutive_failures END "
         "WHERE id = (SELECT config_pk FROM export_tasks WHERE id = ?)",
         (bytes_sent, now, task_id))
 
