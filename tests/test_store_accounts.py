@@ -405,6 +405,12 @@ class ExportTaskTests:
             await self.store.run(_insert_event, ids[-1], camera_id, NOW_MS - 100_000 + offset)
         return ids
 
+    async def queue(self, *times: int) -> list[str]:
+        """`add_events`, then mark them for export; their ids."""
+        ids = await self.add_events(*times)
+        await self.store.mark_entities_to_export(self.config)
+        return ids
+
     async def claim(self, limit: int = 10, lease_seconds: float = 60) -> list:
         return await self.store.claim_export_tasks(self.config.config_id, limit, lease_seconds)
 
@@ -453,8 +459,7 @@ class ExportTaskTests:
         self.assertEqual(tasks[0].entity, await self.store.get_file(alone))
 
     async def test_claims_oldest_first_with_entities(self) -> None:
-        newest, oldest, middle = await self.add_events(3, 1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        newest, oldest, middle = await self.queue(3, 1, 2)
         tasks = await self.claim(limit=2)
         self.assertEqual([t.entity_id for t in tasks], [oldest, middle])
         self.assertEqual([(t.kind, t.config_id, t.attempts) for t in tasks],
@@ -463,8 +468,7 @@ class ExportTaskTests:
         self.assertEqual([t.entity_id for t in await self.claim()], [newest])
 
     async def test_a_claim_reads_its_entities_in_its_own_trip_to_the_database(self) -> None:
-        event_ids = await self.add_events(1, 2, 3)
-        await self.store.mark_entities_to_export(self.config)
+        event_ids = await self.queue(1, 2, 3)
         trips = self.count_trips()
         tasks = await self.claim()
         self.assertEqual(len(trips), 1)
@@ -472,8 +476,7 @@ class ExportTaskTests:
                          [await self.store.get_event(event_id) for event_id in event_ids])
 
     async def test_lease_hides_claimed_tasks_until_it_expires(self) -> None:
-        (event_id,) = await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        (event_id,) = await self.queue(1)
         (task,) = await self.claim(lease_seconds=60)
         self.assertEqual(await self.claim(), [])
         self.clock.advance(59.999)
@@ -484,8 +487,7 @@ class ExportTaskTests:
                          (task.task_id, event_id, 2))
 
     async def test_complete(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         first, second = await self.claim()
         self.clock.advance(5)
         await self.store.complete_export_task(first.task_id, 1000)
@@ -498,8 +500,7 @@ class ExportTaskTests:
             "bytes_sent": 1024})
 
     async def test_complete_and_claim_the_next_in_one_trip(self) -> None:
-        oldest, middle, newest = await self.add_events(1, 2, 3)
-        await self.store.mark_entities_to_export(self.config)
+        oldest, middle, newest = await self.queue(1, 2, 3)
         (first,) = await self.claim(limit=1)
         trips = self.count_trips()
         self.clock.advance(5)
@@ -517,8 +518,7 @@ class ExportTaskTests:
 
     async def test_complete_and_claim_never_claims_the_task_it_completes(self) -> None:
         """Even when the completed task's lease has run out, the claim takes only others."""
-        oldest, middle = await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        oldest, middle = await self.queue(1, 2)
         (first,) = await self.claim(limit=1, lease_seconds=60)
         self.clock.advance(61)
         claimed = await self.store.complete_and_claim_export_tasks(
@@ -528,8 +528,7 @@ class ExportTaskTests:
         self.assertEqual((status["pending"], status["done"], status["bytes_sent"]), (1, 1, 10))
 
     async def test_complete_and_claim_of_an_unknown_task_claims_nothing(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         with self.assertRaises(EntityNotFound):
             await self.store.complete_and_claim_export_tasks(
                 10**6, 0, self.config.config_id, 1, 60)
@@ -539,8 +538,7 @@ class ExportTaskTests:
         self.assertEqual(len(await self.claim()), 2)
 
     async def test_fail_then_retry(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         first, second = await self.claim()
         await self.store.fail_export_task(first.task_id, "importer answered failed")
         await self.store.release_export_task(second.task_id)
@@ -556,16 +554,14 @@ class ExportTaskTests:
         self.assertEqual((retried.task_id, retried.attempts), (first.task_id, 2))
 
     async def test_release_makes_a_task_claimable_at_once(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         (task,) = await self.claim(lease_seconds=600)
         await self.store.release_export_task(task.task_id)
         (again,) = await self.claim()
         self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
 
     async def test_a_success_resets_the_failure_count(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         first, second = await self.claim()
         failing = ExportOutcome(consecutive_failures=3, deferred_until=_at(NOW_MS + 60_000),
                                 enabled=True, last_error="timeout")
@@ -581,8 +577,7 @@ class ExportTaskTests:
                 failing, consecutive_failures=0, last_success=_at(NOW_MS)))
 
     async def test_a_success_leaves_the_count_of_a_disabled_configuration(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         (task,) = await self.claim()
         disabled = ExportOutcome(consecutive_failures=4, enabled=False,
                                  disabled_reason="4 consecutive transport failures")
@@ -592,8 +587,7 @@ class ExportTaskTests:
         self.assertEqual((status.consecutive_failures, status.done), (4, 1))
 
     async def test_renew_extends_a_running_lease(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         (task,) = await self.claim(lease_seconds=60)
         self.clock.advance(30)
         self.assertTrue(await self.store.renew_export_task(task.task_id, task.attempts, 60))
@@ -604,8 +598,7 @@ class ExportTaskTests:
         self.assertEqual((again.task_id, again.attempts), (task.task_id, 2))
 
     async def test_renew_never_takes_back_a_lease_that_ran_out(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         (task,) = await self.claim(lease_seconds=60)
         self.clock.advance(60)
         self.assertFalse(await self.store.renew_export_task(task.task_id, task.attempts, 60))
@@ -618,8 +611,7 @@ class ExportTaskTests:
         self.assertTrue(await self.store.renew_export_task(third.task_id, third.attempts, 60))
 
     async def test_renew_of_a_task_done_failed_or_released_changes_nothing(self) -> None:
-        await self.add_events(1, 2, 3)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2, 3)
         done, failed, released = await self.claim(lease_seconds=60)
         await self.store.complete_export_task(done.task_id, 10)
         await self.store.fail_export_task(failed.task_id, "refused")
@@ -632,8 +624,7 @@ class ExportTaskTests:
         self.assertEqual((status["done"], status["failed"], status["pending"]), (1, 1, 1))
 
     async def test_defer(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         self.assertEqual(await self.store.defer_export_tasks(self.config.config_id, 1800), 2)
         self.assertEqual(await self.claim(), [])
         self.assertEqual((await self.status())["next_attempt"], NOW_MS + 1_800_000)
@@ -643,8 +634,7 @@ class ExportTaskTests:
         self.assertEqual(len(await self.claim()), 2)
 
     async def test_reenabling_makes_deferred_tasks_due(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         await self.store.defer_export_tasks(self.config.config_id, 1800)
         await self.store.record_export_outcome(self.config.config_id, ExportOutcome(
             consecutive_failures=4, deferred_until=_at(NOW_MS + 1_800_000), enabled=False,
@@ -656,15 +646,13 @@ class ExportTaskTests:
                           status.disabled_reason), (0, None, None))
 
     async def test_task_of_deleted_entity_is_dropped(self) -> None:
-        gone, kept = await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        gone, kept = await self.queue(1, 2)
         await self.store.run(_delete_event, gone)
         self.assertEqual([t.entity_id for t in await self.claim()], [kept])
         self.assertEqual(await self.store.run(_count_tasks), 1)
 
     async def test_negative_bytes_refused(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         (task,) = await self.claim()
         with self.assertRaises(ValueError):
             await self.store.complete_export_task(task.task_id, -1)
@@ -685,15 +673,13 @@ class ExportTaskTests:
             "failed": 0, "consecutive_failures": 0, "bytes_sent": 0})
 
     async def test_deleting_a_configuration_deletes_its_tasks(self) -> None:
-        await self.add_events(1, 2)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1, 2)
         self.assertTrue(await self.store.delete_export_configuration(self.config.config_id))
         self.assertEqual(await self.store.run(_count_tasks), 0)
         self.assertIsNone(await self.store.get_export_configuration(self.config.config_id))
 
     async def test_changing_the_type_drops_tasks_of_the_other_kind(self) -> None:
-        await self.add_events(1)
-        await self.store.mark_entities_to_export(self.config)
+        await self.queue(1)
         await self.store.create_or_update_export_configuration(
             attrs.evolve(self.config, type="file", search=FileRecordSearch()))
         self.assertEqual(await self.store.run(_count_tasks), 0)
