@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,6 +60,7 @@ from meteord.protocols.discovery import (
     NodeIdentity,
 )
 from meteord.protocols.registry import NodeRegistry
+from tests._process import ChildProcess
 from tests._waiting import wait_until
 from tests.test_beacon import make_beacon
 
@@ -884,24 +885,6 @@ def junk_datagrams(rng: random.Random, count: int = 10_000) -> Any:
         yield makers[i % len(makers)](i)
 
 
-class NamespaceProcess(ProcessProtocol):
-    """Collects a child's output and fires C{ended} with (exit code, stdout, stderr)."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred[tuple[int | None, bytes, bytes]] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback((reason.value.exitCode, self.out, self.err))
-
-
 # Runs one discovery service in a namespace. "listen" prints the registry as JSON as soon as it
 # lists the other node and exits; "announce" runs until SIGTERM, then prints its counters.
 NAMESPACE_NODE = """
@@ -977,9 +960,9 @@ class BroadcastAcrossNamespacesTests(TestCase):
                 f"ip {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}"
             )
 
-    def spawn(self, namespace: str, *args: str) -> NamespaceProcess:
+    def spawn(self, namespace: str, *args: str) -> ChildProcess:
         """Run L{NAMESPACE_NODE} in C{namespace}; it is stopped and awaited after the test."""
-        process = NamespaceProcess()
+        process = ChildProcess()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(meteord.__file__)))
         env = dict(os.environ, PYTHONPATH=package_root)
         command = ["ip", "netns", "exec", namespace, sys.executable, "-c", NAMESPACE_NODE, *args]
@@ -988,7 +971,7 @@ class BroadcastAcrossNamespacesTests(TestCase):
         self.addCleanup(self.terminate, process)
         return process
 
-    def terminate(self, process: NamespaceProcess) -> None:
+    def terminate(self, process: ChildProcess) -> None:
         if not process.ended.called:
             process.transport.signalProcess("TERM")
 

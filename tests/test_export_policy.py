@@ -67,11 +67,6 @@ class FailureAccountTests(SynchronousTestCase):
             account = decision.account
         self.assertEqual(account.consecutive_failures, 1)
 
-    def test_a_count_reset_by_a_success_starts_again(self):
-        decision = FailureAccount(0, 500).transport_failure(FailurePolicy(), "x", 500)
-        self.assertEqual(decision.account.consecutive_failures, 1)
-        self.assertFalse(decision.disable)
-
 
 class RequestTimeoutTests(SynchronousTestCase):
     """30 s plus the upload at 64 KiB/s."""

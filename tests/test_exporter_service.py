@@ -1102,6 +1102,12 @@ class TimeoutTests(ExporterTestMixin, TestCase):
                          ("pending", start + 20.0, None))
         self.assertEqual(self.store.outcomes[config.config_id].consecutive_failures, 0)
 
+    def test_a_lease_must_outlast_two_margins(self) -> None:
+        with self.assertRaises(ValueError) as raised:
+            self.exporter(complete, lease_seconds=10.0)
+        self.assertEqual(str(raised.exception), "lease_seconds must exceed 10")
+        self.exporter(complete, lease_seconds=10.5)
+
     def test_a_lease_refused_while_a_file_is_opened_sends_nothing_more(self) -> None:
         config = self.store.add_config(export_config())
         event = self.event_with_files(config, 1000)

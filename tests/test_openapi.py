@@ -139,10 +139,18 @@ class DocumentTests(TestCase):
             for method, operation in item.items():
                 if "operationId" in operation:
                     ids.append(operation["operationId"])
-                names = sorted(p["name"] for p in operation.get("parameters", ()))
+                names = sorted(p["name"] for p in operation.get("parameters", ())
+                               if p["in"] == "path")
                 self.assertEqual((path, method, names), (path, method, placeholders))
                 self.assertTrue(operation["responses"], (path, method))
         self.assertEqual(len(ids), len(set(ids)))
+
+    def test_uploads_declare_the_entity_header(self) -> None:
+        for path in ("/api/import/data/{file_id}/{md5}", "/api/import/data/{file_id}"):
+            headers = [p for p in self.document["paths"][path]["post"]["parameters"]
+                       if p["in"] == "header"]
+            self.assertEqual([(h["name"], h["required"]) for h in headers],
+                             [("Meteord-Entity", False)])
 
     def test_references_resolve(self) -> None:
         def references(value: Any) -> Iterator[str]:

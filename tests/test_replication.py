@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.protocols.portforward import ProxyServer
 from twisted.trial.unittest import TestCase
 
@@ -28,6 +28,7 @@ from meteord.model import (
 from meteord.store._sql import Query
 from meteord.testing.node import RunningNode, start_node
 from tests._postgres import fresh_postgres_url
+from tests._process import ChildProcess
 from tests._waiting import wait_until
 
 CAMERA = "0123456789ab"
@@ -142,26 +143,6 @@ def _attempts_made() -> Any:
     return rows[0][0]
 
 
-class _NodeProcess(ProcessProtocol):
-    """A `twistd -n meteord` child process: its output kept, `ended` fired once it exits."""
-
-    def __init__(self) -> None:
-        self.ended: Deferred[None] = Deferred()
-        self._output: list[bytes] = []
-
-    @property
-    def output(self) -> str:
-        return b"".join(self._output).decode("utf-8", "replace")[-4000:]
-
-    def outReceived(self, data: bytes) -> None:
-        self._output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
-
-
 class ReplicationMixin:
     """Starts nodes, fills the camera node, runs an exporter and compares the two stores."""
 
@@ -224,9 +205,9 @@ class ReplicationMixin:
             configs.append(await store.create_or_update_export_configuration(config))
         return configs
 
-    async def exporter_process(self, database_url: str, files_path: str) -> _NodeProcess:
+    async def exporter_process(self, database_url: str, files_path: str) -> ChildProcess:
         """A second meteord process exporting from `database_url` (files in `files_path`)."""
-        process = _NodeProcess()
+        process = ChildProcess()
         repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": repository, "METEORD_FILES_PATH": files_path,
                "METEORD_EXPORTER_MARK_INTERVAL": "0.1", "METEORD_EXPORTER_CONCURRENCY": "3"}
@@ -491,7 +472,8 @@ class ReplicationTests(ReplicationMixin, TestCase):
             await wait_until(lambda: self.status(camera.store, configs[0]).addCallback(
                 lambda status: status.done > 0), "the other process's first export", 30)
         except AssertionError as e:
-            self.fail(f"{e}; its output:\n{other.output}")
+            output = (other.out + other.err).decode("utf-8", "replace")[-4000:]
+            self.fail(f"{e}; its output:\n{output}")
         exporter = self.exporter(camera.store, concurrency=3)
         await wait_until(lambda: self.drained(camera.store, configs, 120, 10), timeout=30)
         await self.assert_replicated(camera, hub)

@@ -14,8 +14,9 @@ Choices where the specification is silent:
   outage fails them all at once, and it should count as one failure, not disable the
   configuration in a single stroke. Disabling therefore takes `max_failures_before_disable`
   failures separated by back-off periods, as an operator would expect.
-- A success resets the count but keeps the deferral, so late failures of requests that were
-  in flight with it still count as the same outage.
+- A success resets the count (the store does it as it marks the task done) but keeps the
+  deferral, so late failures of requests that were in flight with it still count as the same
+  outage.
 - The rate limiter's bucket holds one second of the rate, so at most `max_bytes_per_second`
   bytes go out in a burst after a quiet period.
 """

@@ -25,7 +25,7 @@ Choices where the specification is silent:
   stored back-off, even one not counted because the configuration was already deferred, so a
   released task is never retried at once.
 - A success resets the stored failure count as the store marks the task done, in the same
-  statement, so a success in one process resets a count raised by another. A transport
+  transaction, so a success in one process resets a count raised by another. A transport
   failure's count is stored only if no success, other failure or operator changed the count
   or the enabled flag since they were read; otherwise it is read and decided again, so two
   exporters failing together count the outage once and an operator's disabling stands.
@@ -100,7 +100,7 @@ from meteord.exporter.protocol import (
     SendStatus, TransportFailed, UploadFile)
 from meteord.exporter.tls import TLS_REFUSALS, CAFileUnreadable, https_policy
 from meteord.model import (
-    ExportConfiguration, ExportOutcome, ExportStatus, ExportTask, FileRecord, datetime_to_ms,
+    ExportConfiguration, ExportStatus, ExportTask, FileRecord, datetime_to_ms,
     ms_to_datetime)
 from meteord.store.files import FileNotStored
 from meteord.wire import ENTITY_HEADER
@@ -568,10 +568,9 @@ def _ms(value: Any) -> Optional[int]:
 
 @attrs.define
 class _ConfigRound:
-    """One configuration's part of a round: what it may still claim and what it learned."""
+    """One configuration's part of a round: what it may still claim, and whether it halted."""
 
     config: ExportConfiguration
-    outcome: ExportOutcome
     remaining: int
     lock: DeferredLock
     halted: bool = False
@@ -746,8 +745,7 @@ class ExporterService(Service):
             return 0
         if not config.in_window(now_ms):
             return 0
-        run = _ConfigRound(config=config, outcome=status.outcome(), remaining=self.batch_size,
-                           lock=DeferredLock())
+        run = _ConfigRound(config=config, remaining=self.batch_size, lock=DeferredLock())
         self.counters.setdefault(config_id, ExportCounters())
         workers = [Deferred.fromCoroutine(self._worker(run)) for _ in range(self.concurrency)]
         results = await DeferredList(workers, consumeErrors=True)
@@ -1009,10 +1007,6 @@ class ExporterService(Service):
         log.debug("export {config_id}: {kind} {entity_id} complete after {round_trips} round "
                   "trips, {sent} bytes", config_id=config_id, kind=task.kind,
                   entity_id=task.entity_id, round_trips=round_trips, sent=sent)
-        if run.outcome.consecutive_failures:
-            run.outcome = attrs.evolve(run.outcome, consecutive_failures=0)
-            log.info("export {config_id}: importer reachable again, failure count reset",
-                     config_id=config_id)
         return next_task
 
     async def _entity_failed(self, run: _ConfigRound, task: ExportTask, reason: str) -> None:
@@ -1077,7 +1071,6 @@ class ExporterService(Service):
                 last_error=reason, last_success=None)
             if await self.store.record_export_outcome(
                     config_id, outcome, if_unchanged=status.outcome()):
-                run.outcome = outcome
                 return decision, now_ms
 
 

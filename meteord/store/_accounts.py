@@ -23,14 +23,15 @@ Decisions where the specification is silent:
 - The split between task updates and failure accounting: ``complete_export_task`` marks the
   task done, adds its bytes to the configuration's total, sets ``last_success`` and resets the
   consecutive failure count of an enabled configuration (replication.md: any success resets
-  it), in one statement, so a
+  it), in one transaction, so a
   success in one process resets a count raised by another; ``fail_export_task`` marks it
   failed and sets the configuration's ``last_error`` too; ``record_export_outcome`` stores
   the count, back-off, enabled flag and reason the exporter's policy decided, optionally only
   if the count and the enabled flag are still those it was decided from (``if_unchanged``),
   so that no success, other failure or operator's change in between is overwritten. A
-  success on a disabled configuration leaves its count, which its reason names, until an
-  operator re-enables it. ``last_error``/``last_success`` are the most recent ever: an
+  success on a disabled configuration (a task in flight when it was disabled) leaves its
+  count, which its reason names, until an operator re-enables it and the count starts
+  again: a deliberate narrowing of "any success resets the count". ``last_error``/``last_success`` are the most recent ever: an
   outcome's None keeps them.
 - ``renew_export_task`` extends only the lease of the claim named by its attempt number, and
   only while it runs: a lease that ran out, or a task claimed again since, is left alone.

@@ -253,10 +253,9 @@ class EntityCache:
         asked less than `HOLDINGS_SECONDS` before ``now``; forgotten either way, so they serve
         one answer at most.
         """
-        held = self._holdings.pop(key, None)
-        if held is None or now - held[1] >= HOLDINGS_SECONDS:
-            return None
-        return held[0]
+        holdings = self._fresh_holdings(key, now)
+        self._holdings.pop(key, None)
+        return holdings
 
     def can_import(self, key: str, now: float) -> bool:
         """
@@ -265,10 +264,17 @@ class EntityCache:
         they are kept either way.
         """
         entity = self._entities.get(key)
-        held = self._holdings.get(key)
-        if entity is None or held is None or now - held[1] >= HOLDINGS_SECONDS:
+        holdings = self._fresh_holdings(key, now)
+        if entity is None or holdings is None:
             return False
-        return isinstance(decide(entity, held[0]), ImportNow)
+        return isinstance(decide(entity, holdings), ImportNow)
+
+    def _fresh_holdings(self, key: str, now: float) -> Optional[Holdings]:
+        """The holdings remembered for ``key``, if asked less than `HOLDINGS_SECONDS` ago."""
+        held = self._holdings.get(key)
+        if held is None or now - held[1] >= HOLDINGS_SECONDS:
+            return None
+        return held[0]
 
     def bytes_stored(self, file_id: str) -> None:
         """The file store now has the bytes of ``file_id``: every held entity's holdings say so."""

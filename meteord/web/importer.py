@@ -51,12 +51,12 @@ Choices where the specification is silent:
   entity, the entity has that file, and what is remembered for it plus this upload is all it
   needs, the entity is stored there and then and the upload is answered ``complete`` with the
   entity's id (``{"state": "complete", "entity_id": ...}``, also when another process stored
-  it meanwhile):
-  the exporter need not send the entity again, one round trip fewer per entity with files.
+  it meanwhile): the exporter need not send the entity again, one round trip fewer per
+  entity with files.
   Otherwise the upload is answered ``continue`` as before. A malformed id is refused (400),
-  and a streamed upload's bytes are then not even written. Without the header an upload never stores an entity, since the
-  importer cannot know which of the entities holding a file the exporter is working on, and
-  ``complete`` for the wrong one would lose the other.
+  and a streamed upload's bytes are then not even written. Without the header an upload
+  never stores an entity, since the importer cannot know which of the entities holding a
+  file the exporter is working on, and ``complete`` for the wrong one would lose the other.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 from meteord import __version__
 from meteord.model import MAX_LIMIT, MAX_META_CONSTRAINTS
 from meteord.web.root import MountableAPI
+from meteord.wire import ENTITY_HEADER
 
 __all__ = ["OPERATIONS", "build_document", "openapi_path"]
 
@@ -202,6 +203,8 @@ _NAMED_UPLOAD = ("An optional `Meteord-Entity` header names the entity (event_id
                  "the file is uploaded for. When this node holds that entity and the upload "
                  "was all it still needed, the entity is stored and the reply is `complete` "
                  "with its `entity_id`; otherwise it is `continue`. A malformed id is 400.")
+_ENTITY_HEADER = {"name": ENTITY_HEADER, "in": "header", "required": False, "schema": _ID,
+                  "description": "The entity (event_id or file_id) the file is uploaded for"}
 
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/healthz", "GET"): _op("Health of the process and its store", "operations", ok=_object(
@@ -292,11 +295,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/import/data/{file_id}/{md5}", "POST"): {**_op(
         "The bytes of a file (multipart part `file` or application/octet-stream)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
-        "description": _NAMED_UPLOAD},
+        "description": _NAMED_UPLOAD, "header_parameters": [_ENTITY_HEADER]},
     ("/import/data/{file_id}", "POST"): {**_op(
         "The bytes of a file whose record this node holds (old exporters)", "import",
         role="import", ok=_ref("ImportReply"), errors=(400, 413, 422)),
-        "description": _NAMED_UPLOAD},
+        "description": _NAMED_UPLOAD, "header_parameters": [_ENTITY_HEADER]},
 }
 
 
@@ -344,8 +347,9 @@ def build_document(apis: Iterable[MountableAPI], prefix: str = "/api") -> dict[s
             methods = set(rule.methods or ())
             for method in sorted(methods - {"HEAD", "OPTIONS"}):
                 operation = dict(OPERATIONS.get((path, method)) or _undocumented())
-                if "parameters" not in operation and "{" in path:
-                    operation["parameters"] = _parameters(path)
+                headers = operation.pop("header_parameters", [])
+                if "parameters" not in operation and ("{" in path or headers):
+                    operation["parameters"] = _parameters(path) + headers
                 operation["operationId"] = f"{rule.endpoint}_{method.lower()}"
                 item[method.lower()] = operation
             if "OPTIONS" in methods:
